@@ -1,0 +1,286 @@
+"""Shared input handling for every ``tl`` function: validate, pick the matrix, groups, background and targets.
+
+Everything here raises :class:`ValueError`/:class:`TypeError` with the problem and the fix, and never modifies the
+AnnData.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+__all__ = [
+    "Targets",
+    "check_adata",
+    "check_finite",
+    "dense_rows",
+    "get_groups",
+    "get_matrix",
+    "group_means",
+    "resolve_output_names",
+    "resolve_targets",
+    "select_background",
+    "stratified_indices",
+]
+
+
+def check_adata(adata: AnnData) -> None:
+    """Raise if ``adata`` is not a non-empty AnnData."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"Expected an AnnData as first argument, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"The AnnData is empty ({adata.n_obs} cells × {adata.n_vars} genes); nothing to explain.")
+
+
+def get_matrix(adata: AnnData, *, layer: str | None = None, use_raw: bool = False):
+    """Return ``(X, var_names)``: the matrix to explain (dense, sparse or dask) and its gene names.
+
+    ``layer`` picks ``adata.layers[layer]``; ``use_raw`` picks ``adata.raw.X``; neither picks ``adata.X``.
+    """
+    if layer is not None and use_raw:
+        raise ValueError("Pass either `layer` or `use_raw=True`, not both.")
+    if use_raw:
+        if adata.raw is None:
+            raise ValueError("`use_raw=True` but `adata.raw` is None; pass `layer=` or set `use_raw=False`.")
+        return adata.raw.X, adata.raw.var_names
+    if layer is not None:
+        if layer not in adata.layers:
+            raise ValueError(f"Layer {layer!r} not found; available layers: {sorted(adata.layers)}.")
+        return adata.layers[layer], adata.var_names
+    if adata.X is None:
+        raise ValueError("`adata.X` is None; pass `layer=` naming the matrix to explain.")
+    return adata.X, adata.var_names
+
+
+def check_finite(X, what: str = "input matrix") -> None:
+    """Raise if ``X`` (dense, sparse or dask) holds NaN or infinite values."""
+    data = X.data if sparse.issparse(X) else X
+    if hasattr(data, "dask"):  # dask array: one reduction
+        n_bad = int((~_isfinite(data)).sum().compute())
+    else:
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(np.asarray(data))))
+    if n_bad:
+        raise ValueError(
+            f"The {what} contains {n_bad} NaN or infinite values; impute or filter them before explaining."
+        )
+
+
+def _isfinite(data):
+    import dask.array as da
+
+    return da.isfinite(data)
+
+
+def dense_rows(X, rows: np.ndarray | slice | None = None, dtype=np.float64) -> np.ndarray:
+    """Rows of ``X`` (dense, sparse or dask) as a dense C-contiguous array of ``dtype``."""
+    sub = X if rows is None else X[rows]
+    if hasattr(sub, "compute"):
+        sub = sub.compute()
+    if sparse.issparse(sub):
+        sub = sub.toarray()
+    return np.ascontiguousarray(np.asarray(sub), dtype=dtype)
+
+
+def get_groups(adata: AnnData, groupby: str | None) -> pd.Categorical | None:
+    """``adata.obs[groupby]`` as a categorical (unused categories dropped), or ``None`` if ``groupby`` is None."""
+    if groupby is None:
+        return None
+    if groupby not in adata.obs.columns:
+        cats = [c for c in adata.obs.columns if not pd.api.types.is_numeric_dtype(adata.obs[c])]
+        raise ValueError(f"`groupby={groupby!r}` is not a column of adata.obs; categorical columns: {cats}.")
+    col = adata.obs[groupby]
+    if col.isna().any():
+        raise ValueError(f"adata.obs[{groupby!r}] has {int(col.isna().sum())} missing values; fill or drop them.")
+    return pd.Categorical(col.astype(str)).remove_unused_categories()
+
+
+def stratified_indices(groups: pd.Categorical | None, n_obs: int, n: int, random_state: int | None) -> np.ndarray:
+    """Draw ``n`` row indices without replacement, proportionally per group (at least one per group), sorted.
+
+    With ``groups=None`` the draw is uniform. All rows are returned when ``n >= n_obs``.
+    """
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"`n_background` must be a positive integer, got {n!r}.")
+    if n >= n_obs:
+        return np.arange(n_obs)
+    rng = np.random.default_rng(random_state)
+    if groups is None:
+        return np.sort(rng.choice(n_obs, size=n, replace=False))
+    codes = np.asarray(groups.codes)
+    counts = np.bincount(codes, minlength=len(groups.categories))
+    quota = np.floor(counts / n_obs * n).astype(int)
+    quota = np.minimum(np.maximum(quota, (counts > 0).astype(int)), counts)
+    # hand out what rounding left (or take back the excess) by largest remainder, deterministically
+    remainder = counts / n_obs * n - quota
+    while quota.sum() < n:
+        i = int(np.argmax(np.where(quota < counts, remainder, -np.inf)))
+        quota[i] += 1
+        remainder[i] -= 1
+    while quota.sum() > n:
+        i = int(np.argmax(np.where(quota > 1, quota, -1)))
+        quota[i] -= 1
+    picked = [rng.choice(np.flatnonzero(codes == g), size=q, replace=False) for g, q in enumerate(quota) if q]
+    return np.sort(np.concatenate(picked))
+
+
+def select_background(
+    adata: AnnData,
+    *,
+    background,
+    n_background: int,
+    groups: pd.Categorical | None,
+    random_state: int | None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    dtype=np.float64,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return ``(background_matrix, background_obs_indices)``.
+
+    ``background`` may be ``None`` (draw ``n_background`` cells of ``adata`` stratified by ``groups``), a boolean
+    mask or integer indices over ``adata``'s cells, an AnnData with the same genes, or a cells × genes array.
+    The indices are ``None`` when the background does not come from ``adata``.
+    """
+    X, var_names = get_matrix(adata, layer=layer, use_raw=use_raw)
+    n_vars = len(var_names)
+    if background is None:
+        idx = stratified_indices(groups, adata.n_obs, n_background, random_state)
+        return dense_rows(X, idx, dtype), idx
+    if isinstance(background, AnnData):
+        missing = pd.Index(var_names).difference(background.var_names if not use_raw else background.raw.var_names)
+        if len(missing):
+            raise ValueError(
+                f"The background AnnData lacks {len(missing)} of the explained genes (e.g. {list(missing[:3])}); "
+                "give it the same var_names."
+            )
+        bX, bnames = get_matrix(background, layer=layer, use_raw=use_raw)
+        order = pd.Index(bnames).get_indexer(var_names)
+        bg = dense_rows(bX, None, dtype)[:, order]
+        idx = None
+    else:
+        arr = background.toarray() if sparse.issparse(background) else np.asarray(background)
+        if arr.ndim == 1 and arr.dtype == bool:
+            if arr.shape[0] != adata.n_obs:
+                raise ValueError(f"Background mask has length {arr.shape[0]}, expected n_obs={adata.n_obs}.")
+            idx = np.flatnonzero(arr)
+            bg = dense_rows(X, idx, dtype)
+        elif arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer):
+            if arr.size and (arr.min() < -adata.n_obs or arr.max() >= adata.n_obs):
+                raise ValueError(f"Background indices out of range for {adata.n_obs} cells.")
+            idx = np.asarray(arr)
+            bg = dense_rows(X, idx, dtype)
+        elif arr.ndim == 2:
+            if arr.shape[1] != n_vars:
+                raise ValueError(
+                    f"Background has {arr.shape[1]} columns but the explained matrix has {n_vars} genes; "
+                    "pass background rows over the same genes."
+                )
+            bg = np.ascontiguousarray(arr, dtype=dtype)
+            idx = None
+        else:
+            raise TypeError(
+                "`background` must be None, an AnnData, a boolean mask or integer indices over cells, or a "
+                f"cells × genes array; got {type(background).__name__} with shape {getattr(arr, 'shape', None)}."
+            )
+    if bg.shape[0] == 0:
+        raise ValueError("The background is empty; select at least one cell.")
+    check_finite(bg, "background")
+    return bg, idx
+
+
+def resolve_output_names(
+    output_names: Sequence[str] | None, n_outputs: int, groups: pd.Categorical | None
+) -> list[str]:
+    """Names of the model's outputs: given, else the groupby categories when their number matches, else 0..C-1."""
+    if output_names is not None:
+        names = [str(n) for n in output_names]
+        if len(names) != n_outputs:
+            raise ValueError(f"`output_names` has {len(names)} entries but the model has {n_outputs} outputs.")
+        if len(set(names)) != len(names):
+            raise ValueError("`output_names` has duplicates; output names must be unique.")
+        return names
+    if groups is not None and len(groups.categories) == n_outputs:
+        return [str(c) for c in groups.categories]
+    return [str(i) for i in range(n_outputs)]
+
+
+@dataclass
+class Targets:
+    """Which outputs to explain.
+
+    Attributes
+    ----------
+    mode
+        ``"label"``, ``"predicted"``, ``"all"`` or ``"list"``.
+    classes
+        Output indices explained for every cell (``"all"``/``"list"``); empty for per-cell modes.
+    per_cell
+        Output index per cell (``"label"``; ``-1`` = use the prediction), filled for ``"predicted"`` by
+        :meth:`with_predictions`.
+    """
+
+    mode: str
+    classes: np.ndarray
+    per_cell: np.ndarray | None = None
+
+    def with_predictions(self, predicted: np.ndarray) -> Targets:
+        """Fill per-cell targets that wait for the model's prediction (mode ``"predicted"`` or ``-1`` labels)."""
+        predicted = np.asarray(predicted, dtype=np.int64)
+        if self.per_cell is None:
+            return Targets(self.mode, self.classes, predicted)
+        return Targets(self.mode, self.classes, np.where(self.per_cell < 0, predicted, self.per_cell))
+
+    @property
+    def per_cell_mode(self) -> bool:
+        """Whether each cell is explained toward one own output."""
+        return self.mode in ("label", "predicted")
+
+
+def resolve_targets(target, *, output_names: list[str], groups: pd.Categorical | None) -> Targets:
+    """Turn ``target`` (``"label"``, ``"predicted"``, ``"all"`` or a list of output names) into indices."""
+    n_outputs = len(output_names)
+    if isinstance(target, str) and target in ("label", "predicted", "all"):
+        if target == "all":
+            return Targets("all", np.arange(n_outputs))
+        if target == "predicted":
+            return Targets("predicted", np.zeros(0, dtype=np.int64))
+        if groups is None:
+            raise ValueError("`target='label'` needs `groupby=` naming the obs column with each cell's class.")
+        lookup = {name: i for i, name in enumerate(output_names)}
+        unknown = [c for c in groups.categories if c not in lookup]
+        if unknown:
+            raise ValueError(
+                f"Groups {unknown} of `groupby` are not among the model outputs {output_names}; pass "
+                "`output_names=` in the model's output order, or use target='predicted'."
+            )
+        per_cell = np.asarray([lookup[c] for c in groups.categories], dtype=np.int64)[np.asarray(groups.codes)]
+        return Targets("label", np.zeros(0, dtype=np.int64), per_cell)
+    names = [target] if isinstance(target, str | int | np.integer) else list(target)
+    if not names:
+        raise ValueError("`target` is an empty list; name at least one output.")
+    lookup = {name: i for i, name in enumerate(output_names)}
+    idx = []
+    for t in names:
+        if str(t) in lookup:
+            idx.append(lookup[str(t)])
+        else:
+            raise ValueError(
+                f"Target {t!r} is not a model output; outputs are {output_names} "
+                "(or use 'label', 'predicted', 'all')."
+            )
+    return Targets("list", np.asarray(idx, dtype=np.int64))
+
+
+def group_means(values: np.ndarray, groups: pd.Categorical, feature_names: Sequence[str]) -> pd.DataFrame:
+    """``features × groups`` mean of ``values`` (cells × features) over each group's cells."""
+    codes = np.asarray(groups.codes)
+    n_groups = len(groups.categories)
+    onehot = np.zeros((n_groups, len(codes)))
+    onehot[codes, np.arange(len(codes))] = 1.0
+    counts = onehot.sum(axis=1, keepdims=True)
+    means = (onehot @ np.asarray(values, dtype=np.float64)) / np.maximum(counts, 1)
+    return pd.DataFrame(means.T, index=pd.Index(feature_names).astype(str), columns=groups.categories.astype(str))

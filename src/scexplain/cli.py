@@ -1,0 +1,99 @@
+"""The ``scexplain`` command line: h5ad in → h5ad out, for Galaxy tools and nf-core modules.
+
+Exit status: 0 success, 1 error (message on stderr), 2 usage error. Never uses the network; refuses to overwrite its
+input; writes the output atomically (temporary file in the same folder, then rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main", "register", "write_h5ad_atomic"]
+
+#: name -> (add_arguments, run, help)
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+
+
+def register(name: str, help: str):
+    """Register a subcommand: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` adds its options."""
+
+    def decorator(run):
+        _COMMANDS[name] = (getattr(run, "add_arguments", lambda p: None), run, help)
+        return run
+
+    return decorator
+
+
+def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
+    """Write ``adata`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_io_paths(input_path: str, output_path: str) -> None:
+    """Refuse a missing input or an output that is the input."""
+    src = Path(input_path)
+    if not src.is_file():
+        raise FileNotFoundError(f"Input file {input_path!r} does not exist.")
+    dst = Path(output_path)
+    if dst.exists() and dst.resolve() == src.resolve() or dst.resolve() == src.resolve():
+        raise ValueError("--output must differ from --input; scexplain never overwrites its input.")
+
+
+def add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input``/``--output`` options shared by every h5ad → h5ad command."""
+    parser.add_argument("--input", "-i", required=True, help="input .h5ad")
+    parser.add_argument("--output", "-o", required=True, help="output .h5ad (written atomically)")
+
+
+def _import_commands() -> None:
+    """Import modules that register commands (lazily: keeps `--version` and `--help` fast)."""
+    from . import _cli_commands  # noqa: F401
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="scexplain",
+        description="Explain models trained on single-cell data; results are written into the AnnData (h5ad).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add_arguments, _, help_text) in sorted(_COMMANDS.items()):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scexplain`` console script."""
+    _import_commands()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _, run, _ = _COMMANDS[args.command]
+    try:
+        return int(run(args) or 0)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:
+        print(f"scexplain {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Adapters that turn a user's model + AnnData into "inputs, covariates, outputs"."""
+
+from __future__ import annotations
+
+from ._base import ModelAdapter
+
+__all__ = ["ModelAdapter", "adapt"]
+
+
+def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
+    """Wrap ``model`` in the adapter for its kind (a ``torch.nn.Module``; scvi-tools models when supported).
+
+    Raises a :class:`TypeError` listing the supported model types otherwise.
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    kind = type(model).__module__.split(".")[0]
+    if kind == "scvi":
+        from . import _scvi
+
+        return _scvi.adapt_scvi(model, output_names=output_names, **kwargs)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        torch = None
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from ._torch import TorchAdapter
+
+        return TorchAdapter(model, output_names=output_names)
+    raise TypeError(
+        f"Cannot explain a {type(model).__module__}.{type(model).__name__}; supported: torch.nn.Module, "
+        "scvi.model.SCANVI, scvi.model.SCVI."
+    )

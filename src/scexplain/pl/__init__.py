@@ -1,0 +1,3 @@
+"""Plots of stored attributions."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Explainers: each computes attributions and stores them in the AnnData."""
+
+__all__: list[str] = []
