@@ -61,7 +61,7 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _import_commands() -> None:
     """Import modules that register commands (lazily: keeps `--version` and `--help` fast)."""
-    from . import _cli_commands  # noqa: F401
+    from . import _commands  # noqa: F401
 
 
 def _parser() -> argparse.ArgumentParser:

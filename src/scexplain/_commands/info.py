@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import register
+from ..cli import register
 
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:

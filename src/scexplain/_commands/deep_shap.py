@@ -1,0 +1,1 @@
+"""CLI subcommands: deep_shap (registered with scexplain.cli.register)."""

@@ -1,0 +1,1 @@
+"""CLI subcommands: demo (registered with scexplain.cli.register)."""

@@ -1,0 +1,1 @@
+"""CLI subcommands: gradients (registered with scexplain.cli.register)."""

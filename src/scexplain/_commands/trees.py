@@ -1,0 +1,1 @@
+"""CLI subcommands: trees (registered with scexplain.cli.register)."""
