@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from textwrap import dedent, indent
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -54,9 +54,8 @@ def doc_params(**extra: str) -> Callable[[F], F]:
 
     def decorator(func: F) -> F:
         if func.__doc__:
-            doc = dedent(func.__doc__)
-            # numpydoc parameter blocks are indented by 4 inside a function's docstring
-            func.__doc__ = doc.format(**{k: indent(dedent(v), "") for k, v in table.items()})
+            # cleandoc removes the docstring's indentation so the (unindented) blocks line up with it
+            func.__doc__ = inspect.cleandoc(func.__doc__).format(**table)
         return func
 
     return decorator

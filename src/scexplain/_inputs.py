@@ -6,8 +6,9 @@ AnnData.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -129,65 +130,73 @@ def stratified_indices(groups: pd.Categorical | None, n_obs: int, n: int, random
 
 
 def select_background(
-    adata: AnnData,
+    X,
     *,
     background,
     n_background: int,
     groups: pd.Categorical | None,
     random_state: int | None,
-    layer: str | None = None,
-    use_raw: bool = False,
+    matrix_of: Callable[[AnnData], Any] | None = None,
     dtype=np.float64,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Return ``(background_matrix, background_obs_indices)``.
 
-    ``background`` may be ``None`` (draw ``n_background`` cells of ``adata`` stratified by ``groups``), a boolean
-    mask or integer indices over ``adata``'s cells, an AnnData with the same genes, or a cells × genes array.
-    The indices are ``None`` when the background does not come from ``adata``.
+    Parameters
+    ----------
+    X
+        The explained matrix (cells × features, dense, sparse or dask), already aligned to the model's inputs.
+    background
+        ``None`` (draw ``n_background`` rows of ``X`` stratified by ``groups``), a boolean mask or integer indices
+        over the rows of ``X``, an AnnData (turned into a matrix by ``matrix_of``), or a cells × features array.
+    n_background, groups, random_state
+        How to draw when ``background`` is ``None``.
+    matrix_of
+        Turns a background AnnData into a matrix aligned like ``X`` (e.g. the adapter's ``input_matrix``).
+    dtype
+        dtype of the returned matrix.
+
+    Returns
+    -------
+    The dense background matrix and, when it was taken from ``X``, the row indices (else ``None``).
     """
-    X, var_names = get_matrix(adata, layer=layer, use_raw=use_raw)
-    n_vars = len(var_names)
+    n_obs, n_vars = X.shape
     if background is None:
-        idx = stratified_indices(groups, adata.n_obs, n_background, random_state)
+        idx = stratified_indices(groups, n_obs, n_background, random_state)
         return dense_rows(X, idx, dtype), idx
+    idx = None
     if isinstance(background, AnnData):
-        missing = pd.Index(var_names).difference(background.var_names if not use_raw else background.raw.var_names)
-        if len(missing):
-            raise ValueError(
-                f"The background AnnData lacks {len(missing)} of the explained genes (e.g. {list(missing[:3])}); "
-                "give it the same var_names."
-            )
-        bX, bnames = get_matrix(background, layer=layer, use_raw=use_raw)
-        order = pd.Index(bnames).get_indexer(var_names)
-        bg = dense_rows(bX, None, dtype)[:, order]
-        idx = None
+        if matrix_of is None:  # pragma: no cover - programming error
+            raise TypeError("A background AnnData needs `matrix_of`.")
+        check_adata(background)
+        bg = dense_rows(matrix_of(background), None, dtype)
     else:
-        arr = background.toarray() if sparse.issparse(background) else np.asarray(background)
+        arr = background if sparse.issparse(background) else np.asarray(background)
         if arr.ndim == 1 and arr.dtype == bool:
-            if arr.shape[0] != adata.n_obs:
-                raise ValueError(f"Background mask has length {arr.shape[0]}, expected n_obs={adata.n_obs}.")
+            if arr.shape[0] != n_obs:
+                raise ValueError(f"Background mask has length {arr.shape[0]}, expected one entry per cell ({n_obs}).")
             idx = np.flatnonzero(arr)
-            bg = dense_rows(X, idx, dtype)
         elif arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer):
-            if arr.size and (arr.min() < -adata.n_obs or arr.max() >= adata.n_obs):
-                raise ValueError(f"Background indices out of range for {adata.n_obs} cells.")
+            if arr.size and (arr.min() < 0 or arr.max() >= n_obs):
+                raise ValueError(f"Background indices must lie in [0, {n_obs}).")
             idx = np.asarray(arr)
-            bg = dense_rows(X, idx, dtype)
         elif arr.ndim == 2:
             if arr.shape[1] != n_vars:
                 raise ValueError(
-                    f"Background has {arr.shape[1]} columns but the explained matrix has {n_vars} genes; "
+                    f"Background has {arr.shape[1]} columns but the model input has {n_vars} genes; "
                     "pass background rows over the same genes."
                 )
-            bg = np.ascontiguousarray(arr, dtype=dtype)
-            idx = None
+            bg = dense_rows(arr, None, dtype)
         else:
             raise TypeError(
                 "`background` must be None, an AnnData, a boolean mask or integer indices over cells, or a "
                 f"cells × genes array; got {type(background).__name__} with shape {getattr(arr, 'shape', None)}."
             )
+        if idx is not None:
+            bg = dense_rows(X, idx, dtype)
     if bg.shape[0] == 0:
         raise ValueError("The background is empty; select at least one cell.")
+    if bg.shape[1] != n_vars:
+        raise ValueError(f"Background has {bg.shape[1]} genes but the model input has {n_vars}.")
     check_finite(bg, "background")
     return bg, idx
 
@@ -240,8 +249,13 @@ class Targets:
         return self.mode in ("label", "predicted")
 
 
-def resolve_targets(target, *, output_names: list[str], groups: pd.Categorical | None) -> Targets:
-    """Turn ``target`` (``"label"``, ``"predicted"``, ``"all"`` or a list of output names) into indices."""
+def resolve_targets(
+    target, *, output_names: list[str], groups: pd.Categorical | None, unlabeled: str | None = None
+) -> Targets:
+    """Turn ``target`` (``"label"``, ``"predicted"``, ``"all"`` or a list of output names) into indices.
+
+    With ``target="label"``, cells whose group is ``unlabeled`` get ``-1`` (explained toward their prediction).
+    """
     n_outputs = len(output_names)
     if isinstance(target, str) and target in ("label", "predicted", "all"):
         if target == "all":
@@ -251,6 +265,8 @@ def resolve_targets(target, *, output_names: list[str], groups: pd.Categorical |
         if groups is None:
             raise ValueError("`target='label'` needs `groupby=` naming the obs column with each cell's class.")
         lookup = {name: i for i, name in enumerate(output_names)}
+        if unlabeled is not None:
+            lookup[str(unlabeled)] = -1
         unknown = [c for c in groups.categories if c not in lookup]
         if unknown:
             raise ValueError(

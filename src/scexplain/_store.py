@@ -41,6 +41,8 @@ class Result:
         ``n_vars × groups`` DataFrame (mean attribution of each group's cells toward their group), ``varm[key]``.
     varm_extra
         Further ``varm`` entries by full key (e.g. ``Key.latent(key)``), each with ``n_vars`` rows.
+    layers_extra
+        Further ``layers`` entries by full key (e.g. one per explained output when asked for), cells × genes.
     ranking
         ``features × groups`` scores; each column is ranked descending into ``uns[key]["names"/"scores"]``.
         Features are genes, or embedding dimensions for tree models on ``use_rep``.
@@ -55,6 +57,7 @@ class Result:
     obsm: np.ndarray | pd.DataFrame | None = None
     varm: pd.DataFrame | None = None
     varm_extra: dict[str, pd.DataFrame | np.ndarray] = field(default_factory=dict)
+    layers_extra: dict[str, np.ndarray] = field(default_factory=dict)
     ranking: pd.DataFrame | None = None
     uns: dict[str, Any] = field(default_factory=dict)
 
@@ -135,11 +138,13 @@ def write(adata: AnnData, result: Result, *, copy: bool = False) -> AnnData | No
     The modified copy if ``copy=True``, else ``None``.
     """
     key = result.key
-    layer = obsm = None
-    if result.layer is not None:
-        layer = np.asarray(result.layer, dtype=np.float32)
-        if layer.shape != adata.shape:
-            raise ValueError(f"Attribution layer has shape {layer.shape}, expected {adata.shape} (cells × genes).")
+    obsm = None
+    layers = {} if result.layer is None else {key: result.layer}
+    layers.update(result.layers_extra)
+    for k, v in layers.items():
+        layers[k] = np.asarray(v, dtype=np.float32)
+        if layers[k].shape != adata.shape:
+            raise ValueError(f"layers[{k!r}] has shape {layers[k].shape}, expected {adata.shape} (cells × genes).")
     if result.obsm is not None:
         obsm = result.obsm
         _check_rows("obsm result", obsm.shape[0], adata.n_obs, "cells")
@@ -163,8 +168,8 @@ def write(adata: AnnData, result: Result, *, copy: bool = False) -> AnnData | No
 
     if copy:
         adata = adata.copy()
-    if layer is not None:
-        adata.layers[key] = layer
+    for k, v in layers.items():
+        adata.layers[k] = v
     if obsm is not None:
         adata.obsm[key] = obsm
     for k, v in varm.items():

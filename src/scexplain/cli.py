@@ -49,7 +49,7 @@ def check_io_paths(input_path: str, output_path: str) -> None:
     if not src.is_file():
         raise FileNotFoundError(f"Input file {input_path!r} does not exist.")
     dst = Path(output_path)
-    if dst.exists() and dst.resolve() == src.resolve() or dst.resolve() == src.resolve():
+    if (dst.exists() and dst.resolve() == src.resolve()) or dst.resolve() == src.resolve():
         raise ValueError("--output must differ from --input; scexplain never overwrites its input.")
 
 

@@ -26,6 +26,12 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
     if torch is not None and isinstance(model, torch.nn.Module):
         from ._torch import TorchAdapter
 
+        if kwargs.get("explain") is not None:
+            raise ValueError(
+                f"`explain={kwargs['explain']!r}` applies to scvi-tools models (SCANVI, SCVI) only; a plain "
+                "torch.nn.Module is explained through its outputs: leave `explain=None`."
+            )
+
         return TorchAdapter(model, output_names=output_names)
     raise TypeError(
         f"Cannot explain a {type(model).__module__}.{type(model).__name__}; supported: torch.nn.Module, "

@@ -28,12 +28,24 @@ class ModelAdapter:
         Gene names in the model's input order, or ``None`` when the model only knows a width.
     output_names
         Names of the outputs, or ``None`` (then taken from ``groupby`` categories or numbered).
+    has_covariates
+        Whether the model takes per-cell covariates (batch, categorical and continuous covariates).
+    default_groupby
+        ``obs`` column used when ``groupby`` is not given (scANVI: its labels key).
+    unlabeled_category
+        Category of ``groupby`` whose cells are explained toward their predicted class (scANVI's unlabeled one).
     """
 
     module = None
     n_inputs: int
     var_names: pd.Index | None = None
     output_names: list[str] | None = None
+    #: whether :meth:`covariates` returns per-cell covariates (then expected values are per cell)
+    has_covariates: bool = False
+    #: obs column used as ``groupby`` when the user gives none (e.g. scANVI's labels key)
+    default_groupby: str | None = None
+    #: a ``groupby`` category meaning "no label": such cells are explained toward their predicted class
+    unlabeled_category: str | None = None
 
     # --- inputs -------------------------------------------------------------------------------------------
     def input_matrix(self, adata: AnnData, *, layer: str | None, use_raw: bool):

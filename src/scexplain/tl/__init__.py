@@ -1,3 +1,5 @@
 """Explainers: each computes attributions and stores them in the AnnData."""
 
-__all__: list[str] = []
+from ._deep_shap import deep_shap
+
+__all__: list[str] = ["deep_shap"]

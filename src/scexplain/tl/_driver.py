@@ -1,0 +1,342 @@
+"""The one data flow every per-cell attribution method follows (DESIGN.md "Data flow").
+
+validate → adapter → background → predictions and targets → engine over chunks of cells → one :func:`_store.write`.
+
+An *engine* is a callable ``engine(x, cov, classes) -> EngineOutput`` on torch tensors of one chunk of cells:
+``x`` (n × G, the model's inputs), ``cov`` (n × k covariates or ``None``) and ``classes`` (n × C output indices to
+explain for each cell). The ``tl`` functions build their engine from an :class:`EngineContext` and call
+:func:`explain_cells`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _inputs, _store
+from .._keys import Key
+from .._progress import progress_iter
+from ..models import ModelAdapter, adapt
+
+__all__ = ["EngineContext", "EngineOutput", "explain_cells"]
+
+logger = logging.getLogger("scexplain")
+
+
+@dataclass
+class EngineOutput:
+    """What an engine returns for one chunk of ``n`` cells and ``C`` explained outputs each.
+
+    Attributes
+    ----------
+    attributions
+        ``n × C × G`` tensor.
+    output
+        ``n × C`` model outputs f(x), when the method has a completeness property (else ``None``).
+    reference
+        ``n × C`` reference values (e.g. mean over the background of f(b)) such that
+        ``attributions.sum(-1) == output - reference``; ``None`` when the method has none.
+    """
+
+    attributions: Any
+    output: Any = None
+    reference: Any = None
+
+
+@dataclass
+class EngineContext:
+    """What an engine factory may use: the adapter, device, dtype, the background and the seed."""
+
+    adapter: ModelAdapter
+    device: Any
+    dtype: Any
+    background: Any | None  # torch tensor (B × G) on device, or None
+    random_state: int | None
+    n_outputs: int
+
+
+EngineFactory = Callable[[EngineContext], Callable[..., EngineOutput]]
+
+
+def _tensor(a: np.ndarray, device, dtype):
+    import torch
+
+    return torch.as_tensor(a, device=device, dtype=dtype)
+
+
+def _forward_all(adapter: ModelAdapter, adata: AnnData, X, *, batch_size: int, device, dtype) -> np.ndarray:
+    """Model outputs for every cell (n_obs × n_outputs), no gradients."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for start in range(0, X.shape[0], batch_size):
+            rows = np.arange(start, min(start + batch_size, X.shape[0]))
+            x = _tensor(_inputs.dense_rows(X, rows), device, dtype)
+            cov = adapter.covariates(adata, rows)
+            cov = None if cov is None else cov.to(device=device, dtype=dtype)
+            outs.append(adapter.forward(x, cov).detach().cpu().double().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def _own_targets(targets: _inputs.Targets, label_targets: np.ndarray | None, predicted: np.ndarray) -> np.ndarray:
+    """Each cell's own target: its label when labels match outputs, else the prediction."""
+    if targets.per_cell is not None:
+        return targets.per_cell
+    if label_targets is not None:
+        return label_targets
+    return predicted
+
+
+def _column_map(names: pd.Index, var_names: pd.Index) -> np.ndarray | None:
+    """Positions of the model's genes in ``adata.var_names`` (``None`` when identical)."""
+    if len(names) == len(var_names) and (np.asarray(names) == np.asarray(var_names)).all():
+        return None
+    pos = pd.Index(var_names).get_indexer(names)
+    return pos
+
+
+def _scatter_columns(values: np.ndarray, pos: np.ndarray | None, n_vars: int) -> np.ndarray:
+    """Put model-gene columns at their AnnData positions; genes the model does not see get 0."""
+    if pos is None:
+        return values
+    out = np.zeros((values.shape[0], n_vars), dtype=values.dtype)
+    keep = pos >= 0
+    out[:, pos[keep]] = values[:, keep]
+    return out
+
+
+def explain_cells(
+    adata: AnnData,
+    model,
+    *,
+    method: str,
+    engine_factory: EngineFactory,
+    groupby: str | None,
+    layer: str | None,
+    use_raw: bool,
+    target,
+    background=None,
+    n_background: int | None = None,
+    output_names=None,
+    batch_size: int = 128,
+    device: str = "auto",
+    dtype: str = "float32",
+    random_state: int | None = 0,
+    key_added: str | None = None,
+    copy: bool = False,
+    progress: bool = True,
+    keep_all: bool = False,
+    params: dict[str, Any] | None = None,
+    adapter_kwargs: dict[str, Any] | None = None,
+) -> AnnData | None:
+    """Run a per-cell attribution method on every cell of ``adata`` and store the result.
+
+    Parameters are those of the ``tl`` functions (see :func:`scexplain.tl.deep_shap`); in addition:
+
+    method
+        Name stored in ``uns[key]["params"]["method"]`` and the default key.
+    engine_factory
+        Builds the engine from an :class:`EngineContext`.
+    n_background
+        ``None`` when the method needs no background (then ``background`` is ignored).
+    keep_all
+        With ``target="all"`` or a list: also store ``layers[f"{key}_{output}"]`` for every explained output.
+    params
+        Method-specific parameters stored with the common ones.
+    adapter_kwargs
+        Passed to :func:`scexplain.models.adapt`.
+    """
+    import torch
+
+    from .._device import resolve_device, resolve_dtype
+
+    # 1. validate: raise before touching anything
+    _inputs.check_adata(adata)
+    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    key = Key.default(method, key_added)
+    adapter = adapt(model, output_names=output_names, **(adapter_kwargs or {}))
+    X, names = adapter.input_matrix(adata, layer=layer, use_raw=use_raw)
+    _inputs.check_finite(X, "input matrix")
+    if groupby is None:
+        groupby = adapter.default_groupby
+    groups = _inputs.get_groups(adata, groupby)
+    dev, tdtype = resolve_device(device), resolve_dtype(dtype)
+    np_dtype = np.float64 if tdtype == torch.float64 else np.float32
+    bg = bg_idx = None
+    if n_background is not None:
+        bg, bg_idx = _inputs.select_background(
+            X,
+            background=background,
+            n_background=n_background,
+            groups=groups,
+            random_state=random_state,
+            matrix_of=lambda b: adapter.input_matrix(b, layer=layer, use_raw=use_raw)[0],
+            dtype=np_dtype,
+        )
+    pos = _column_map(pd.Index(names), adata.var_names)
+    if pos is not None and (pos < 0).all():
+        raise ValueError("None of the model's genes are in adata.var_names; cannot store gene attributions.")
+
+    n_obs = adata.n_obs
+    with adapter.explaining(dev, tdtype):
+        # 2. predictions, output names and targets
+        fx_all = _forward_all(adapter, adata, X, batch_size=batch_size, device=dev, dtype=tdtype)
+        n_outputs = fx_all.shape[1]
+        out_names = _inputs.resolve_output_names(adapter.output_names or output_names, n_outputs, groups)
+        unlabeled = adapter.unlabeled_category
+        targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups, unlabeled=unlabeled)
+        predicted = fx_all.argmax(axis=1)
+        if targets.mode == "predicted" or (targets.per_cell is not None and (targets.per_cell < 0).any()):
+            targets = targets.with_predictions(predicted)
+        label_targets = None
+        if not targets.per_cell_mode and groups is not None:
+            try:
+                labels = _inputs.resolve_targets("label", output_names=out_names, groups=groups, unlabeled=unlabeled)
+                label_targets = np.where(labels.per_cell < 0, predicted, labels.per_cell)
+            except ValueError:
+                label_targets = None
+        own = _own_targets(targets, label_targets, predicted)
+        # per cell: the explained classes, own target last when it is not already among them
+        if targets.per_cell_mode:
+            classes = own[:, None]
+            own_col = np.zeros(n_obs, dtype=np.int64)
+        else:
+            listed = targets.classes
+            hit = listed[None, :] == own[:, None]
+            extra = ~hit.any(axis=1)
+            classes = np.concatenate([np.tile(listed, (n_obs, 1)), own[:, None]], axis=1)
+            own_col = np.where(extra, len(listed), hit.argmax(axis=1))
+
+        # 3. engine over chunks of cells
+        ctx = EngineContext(
+            adapter=adapter,
+            device=dev,
+            dtype=tdtype,
+            background=None if bg is None else _tensor(bg, dev, tdtype),
+            random_state=random_state,
+            n_outputs=n_outputs,
+        )
+        engine = engine_factory(ctx)
+        n_model_genes = X.shape[1]
+        own_attr = np.zeros((n_obs, n_model_genes), dtype=np.float32)
+        all_attr = (
+            {c: np.zeros((n_obs, n_model_genes), dtype=np.float32) for c in targets.classes}
+            if keep_all and not targets.per_cell_mode
+            else {}
+        )
+        summary_cols = ("output", "expected_value", "sum_attributions", "relative_error")
+        summary = np.full((n_obs, 4), np.nan)
+        rel_errors: list[np.ndarray] = []
+        abs_errors: list[np.ndarray] = []
+        chunks = range(0, n_obs, batch_size)
+        for start in progress_iter(chunks, total=len(chunks), desc=method, enabled=progress):
+            rows = np.arange(start, min(start + batch_size, n_obs))
+            x = _tensor(_inputs.dense_rows(X, rows, np_dtype), dev, tdtype)
+            cov = adapter.covariates(adata, rows)
+            cov = None if cov is None else cov.to(device=dev, dtype=tdtype)
+            cls = torch.as_tensor(classes[rows], device=dev, dtype=torch.long)
+            out = engine(x, cov, cls)
+            attr = out.attributions.detach().cpu().double().numpy()  # n × C × G
+            sel = own_col[rows]
+            own_attr[rows] = attr[np.arange(len(rows)), sel]
+            for j, c in enumerate(targets.classes if all_attr else ()):
+                all_attr[c][rows] = attr[:, j]
+            if out.output is not None and out.reference is not None:
+                fx = out.output.detach().cpu().double().numpy()
+                ref = out.reference.detach().cpu().double().numpy()
+                delta = fx - ref
+                err = attr.sum(-1) - delta
+                rel = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
+                rel_errors.append(rel)
+                abs_errors.append(np.abs(err).max(axis=1))
+                i = np.arange(len(rows))
+                summary[rows] = np.stack(
+                    [fx[i, sel], ref[i, sel], attr[i, sel].sum(-1), np.abs(err[i, sel]) / np.maximum(
+                        np.abs(delta[i, sel]), 1e-12)],
+                    axis=1,
+                )
+        expected = None
+        if bg is not None and not adapter.has_covariates:
+            expected = _background_mean(adapter, ctx.background)
+
+    # 4. assemble, then write once
+    layer_values = _scatter_columns(own_attr, pos, adata.n_vars)
+    uns: dict[str, Any] = {"output_names": out_names}
+    if rel_errors:
+        rel = np.concatenate(rel_errors)
+        uns[Key.uns.additivity] = {
+            "max_relative_error": float(rel.max()),
+            "median_relative_error": float(np.median(rel)),
+            "max_abs_error": float(np.concatenate(abs_errors).max()),
+        }
+    if expected is not None:
+        uns[Key.uns.expected_value] = expected
+    obsm = None
+    if not np.isnan(summary).all():
+        obsm = pd.DataFrame(summary, columns=list(summary_cols), index=adata.obs_names)
+    varm = ranking = None
+    if groups is not None:
+        varm = _inputs.group_means(layer_values, groups, adata.var_names)
+        ranking = varm
+        uns[Key.uns.group_mean_abs] = _inputs.group_means(np.abs(layer_values), groups, adata.var_names)
+    common = {
+        "groupby": groupby,
+        "layer": layer,
+        "use_raw": bool(use_raw),
+        "target": target if isinstance(target, str) else [str(t) for t in target],
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "n_background": None if bg is None else int(bg.shape[0]),
+        "background_obs_indices": bg_idx,
+        "random_state": random_state,
+        "dtype": str(np_dtype.__name__),
+        "device": str(dev.type),
+        "versions": _versions(),
+    }
+    result = _store.Result(
+        method=method,
+        key=key,
+        params={**common, **(params or {})},
+        layer=layer_values,
+        obsm=obsm,
+        varm=varm,
+        layers_extra={f"{key}_{out_names[c]}": _scatter_columns(v, pos, adata.n_vars) for c, v in all_attr.items()},
+        ranking=ranking,
+        uns=uns,
+    )
+    if rel_errors:
+        logger.info(
+            "%s: max relative additivity error %.3g (median %.3g)",
+            method,
+            uns[Key.uns.additivity]["max_relative_error"],
+            uns[Key.uns.additivity]["median_relative_error"],
+        )
+    return _store.write(adata, result, copy=copy)
+
+
+def _background_mean(adapter: ModelAdapter, bg) -> np.ndarray:
+    """mean_b f(b) per output (models without covariates); ``bg`` is a tensor on the model's device."""
+    import torch
+
+    with torch.no_grad():
+        out = adapter.forward(bg, None)
+    return out.detach().cpu().double().numpy().mean(axis=0)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {}
+    for pkg in ("scexplain", "torch", "anndata"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:
+            out[pkg] = "unknown"
+    return out
