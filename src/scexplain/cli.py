@@ -96,4 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # run through the package module, whose registry the commands fill (not this __main__ copy)
+    from scexplain.cli import main as _main
+
+    sys.exit(_main())
