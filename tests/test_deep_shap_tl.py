@@ -172,3 +172,16 @@ def test_cuda_requested_without_gpu_is_clear(adata):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="CUDA"):
         sx.tl.deep_shap(adata, _linear(adata.n_vars, 4), groupby="cell_type", device="cuda", progress=False)
+
+
+def test_dask_backed_matrix_gives_same_numbers(adata):
+    da = pytest.importorskip("dask.array")
+    model = _linear(adata.n_vars, 4)
+    kw = dict(groupby="cell_type", n_background=15, progress=False, dtype="float64", batch_size=50)
+    dense = adata.copy()
+    dense.X = adata.layers["lognorm"].astype(np.float64)
+    lazy = adata.copy()
+    lazy.X = da.from_array(dense.X, chunks=(60, adata.n_vars))
+    sx.tl.deep_shap(dense, model, **kw)
+    sx.tl.deep_shap(lazy, model, **kw)
+    np.testing.assert_array_equal(dense.layers["deep_shap"], lazy.layers["deep_shap"])

@@ -15,15 +15,18 @@ from pathlib import Path
 
 __all__ = ["main", "register", "write_h5ad_atomic"]
 
-#: name -> (add_arguments, run, help)
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+#: name -> (run, help, add_arguments or None)
+_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable | None]] = {}
 
 
-def register(name: str, help: str):
-    """Register a subcommand: decorate ``run(args) -> int``; ``run.add_arguments(parser)`` adds its options."""
+def register(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None):
+    """Register a subcommand: decorate ``run(args) -> int``.
+
+    Its options come from ``arguments(parser)``, or from a ``run.add_arguments`` attribute set after decorating.
+    """
 
     def decorator(run):
-        _COMMANDS[name] = (getattr(run, "add_arguments", lambda p: None), run, help)
+        _COMMANDS[name] = (run, help, arguments)
         return run
 
     return decorator
@@ -73,9 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (add_arguments, _, help_text) in sorted(_COMMANDS.items()):
+    for name, (run, help_text, arguments) in sorted(_COMMANDS.items()):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
+        add_arguments = arguments or getattr(run, "add_arguments", None)
+        if add_arguments is not None:
+            add_arguments(p)
     return parser
 
 
@@ -87,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    _, run, _ = _COMMANDS[args.command]
+    run = _COMMANDS[args.command][0]
     try:
         return int(run(args) or 0)
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:

@@ -1,0 +1,79 @@
+"""The command line: h5ad in → h5ad out, exit codes, atomic writes, never overwriting the input."""
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+import scexplain as sx
+from scexplain.cli import main
+
+
+@pytest.fixture
+def files(tmp_path, toy_adata):
+    adata = toy_adata.copy()
+    path_in = tmp_path / "in.h5ad"
+    adata.write_h5ad(path_in)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(adata.n_vars, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    path_model = tmp_path / "model.pt"
+    torch.save(model, path_model)
+    return path_in, path_model, tmp_path / "out.h5ad", model
+
+
+def test_deep_shap_cli_round_trip(files):
+    path_in, path_model, path_out, model = files
+    rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model),
+               "--groupby", "cell_type", "--layer", "lognorm", "--n-background", "20"])
+    assert rc == 0
+    out = ad.read_h5ad(path_out)
+    expected = ad.read_h5ad(path_in)
+    sx.tl.deep_shap(expected, model, groupby="cell_type", layer="lognorm", n_background=20, progress=False)
+    np.testing.assert_array_equal(out.layers["deep_shap"], expected.layers["deep_shap"])
+    assert list(tmp for tmp in path_out.parent.iterdir() if tmp.name.endswith(".tmp")) == []
+    # the input is unchanged
+    assert "deep_shap" not in ad.read_h5ad(path_in).layers
+
+
+def test_refuses_to_overwrite_input(files, capsys):
+    path_in, path_model, _, _ = files
+    rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_in), "--model", str(path_model)])
+    assert rc == 1
+    assert "--output must differ" in capsys.readouterr().err
+
+
+def test_error_exit_1_and_no_output_written(files, capsys):
+    path_in, path_model, path_out, _ = files
+    rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model),
+               "--groupby", "no_such_column"])
+    assert rc == 1
+    assert "no_such_column" in capsys.readouterr().err
+    assert not path_out.exists()
+    assert [p.name for p in path_out.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_missing_model_and_input(files, capsys):
+    path_in, _, path_out, _ = files
+    assert main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", "nope.pt"]) == 1
+    assert main(["deep-shap", "-i", "nope.h5ad", "-o", str(path_out), "--model", "nope.pt"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_usage_error_exit_2(files):
+    path_in, _, _, _ = files
+    out = subprocess.run([sys.executable, "-m", "scexplain", "deep-shap", "-i", str(path_in)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "--output" in out.stderr
+
+
+def test_info_lists_results(files, capsys):
+    path_in, path_model, path_out, _ = files
+    main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model), "--groupby",
+          "cell_type", "--layer", "lognorm", "--target", "all"])
+    capsys.readouterr()
+    assert main(["info", "-i", str(path_out)]) == 0
+    assert "deep_shap: method=deep_shap target=all" in capsys.readouterr().out
