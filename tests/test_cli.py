@@ -34,8 +34,9 @@ def test_deep_shap_cli_round_trip(files):
     sx.tl.deep_shap(expected, model, groupby="cell_type", layer="lognorm", n_background=20, progress=False)
     np.testing.assert_array_equal(out.layers["deep_shap"], expected.layers["deep_shap"])
     assert list(tmp for tmp in path_out.parent.iterdir() if tmp.name.endswith(".tmp")) == []
-    # the input is unchanged
+    # the input is unchanged; the output has ordinary permissions (not mkstemp's 0600)
     assert "deep_shap" not in ad.read_h5ad(path_in).layers
+    assert path_out.stat().st_mode & 0o044 == path_in.stat().st_mode & 0o044
 
 
 def test_refuses_to_overwrite_input(files, capsys):

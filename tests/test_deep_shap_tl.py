@@ -107,7 +107,9 @@ def test_targets_predicted_all_and_list(adata):
 
 
 def test_training_mode_restored(adata):
-    model = sx._demo.benchmark_mlp(adata.n_vars, 4).double()
+    from scexplain._demo import benchmark_mlp
+
+    model = benchmark_mlp(adata.n_vars, 4).double()
     model.train()
     sx.tl.deep_shap(adata, model, groupby="cell_type", layer="lognorm", n_background=10, dtype="float64",
                     progress=False)

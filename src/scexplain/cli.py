@@ -40,6 +40,9 @@ def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         adata.write_h5ad(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the output the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
