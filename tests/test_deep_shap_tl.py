@@ -187,3 +187,19 @@ def test_dask_backed_matrix_gives_same_numbers(adata):
     sx.tl.deep_shap(dense, model, **kw)
     sx.tl.deep_shap(lazy, model, **kw)
     np.testing.assert_array_equal(dense.layers["deep_shap"], lazy.layers["deep_shap"])
+
+
+def test_category_order_of_groupby_is_kept(adata):
+    """Outputs default to the groupby categories *in their order* (a model trained on the codes)."""
+    model = _linear(adata.n_vars, 4)
+    order = ["type_3", "type_1", "type_0", "type_2"]
+    adata.obs["cell_type"] = adata.obs["cell_type"].cat.reorder_categories(order)
+    sx.tl.deep_shap(adata, model, groupby="cell_type", layer="lognorm", n_background=10, dtype="float64",
+                    progress=False)
+    assert list(adata.uns["deep_shap"]["output_names"]) == order
+    assert list(adata.varm["deep_shap"].columns) == order
+    X = adata.layers["lognorm"].astype(np.float64)
+    idx = adata.uns["deep_shap"]["params"]["background_obs_indices"]
+    w = model.weight.detach().numpy()
+    expected = w[adata.obs["cell_type"].cat.codes.to_numpy()] * (X - X[idx].mean(0))
+    np.testing.assert_allclose(adata.layers["deep_shap"], expected, rtol=1e-5, atol=1e-6)

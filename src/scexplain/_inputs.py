@@ -97,6 +97,8 @@ def get_groups(adata: AnnData, groupby: str | None) -> pd.Categorical | None:
     col = adata.obs[groupby]
     if col.isna().any():
         raise ValueError(f"adata.obs[{groupby!r}] has {int(col.isna().sum())} missing values; fill or drop them.")
+    if isinstance(col.dtype, pd.CategoricalDtype):  # keep the user's category order (models use its codes)
+        return pd.Categorical(col.astype(str), categories=[str(c) for c in col.cat.categories]).remove_unused_categories()
     return pd.Categorical(col.astype(str)).remove_unused_categories()
 
 

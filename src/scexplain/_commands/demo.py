@@ -63,11 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def _save_heatmap(adata, path: str, *, n_genes: int) -> None:
     from .. import pl
 
-    if not hasattr(pl, "heatmap"):
-        print("heatmap skipped: scexplain.pl.heatmap is not available in this version")
-        return
-    fig = pl.heatmap(adata, "deep_shap", n_genes=n_genes, show=False, return_fig=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    pl.save_heatmap(adata, path, "deep_shap", n_genes=n_genes)
     print(f"wrote {path}")
 
 

@@ -1,3 +1,13 @@
-"""Plots of stored attributions."""
+"""Plots of stored attributions: heatmaps, dot plots, rankings, embeddings, feature importances.
 
-__all__: list[str] = []
+Every plot reads what a ``scexplain.tl`` function stored under ``key`` (see :class:`scexplain._keys.Key`);
+matplotlib, seaborn and scanpy are imported only when a plot is drawn.
+"""
+
+from ._dotplot import dotplot
+from ._embedding import embedding
+from ._feature_importance import feature_importance
+from ._heatmap import heatmap, save_heatmap
+from ._ranking import ranking
+
+__all__ = ["dotplot", "embedding", "feature_importance", "heatmap", "ranking", "save_heatmap"]

@@ -1,0 +1,50 @@
+"""Image comparison against committed baselines (tests/pl/baseline/*.png).
+
+Regenerate after an intended visual change with::
+
+    SCEXPLAIN_REGENERATE_BASELINES=1 python -m pytest tests/pl/test_images.py
+
+and look at the new PNGs before committing them. Without the variable a differing image fails the test; the
+actual image and a diff are left in pytest's ``tmp_path``.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from matplotlib.testing.compare import compare_images
+
+import scexplain as sx
+
+BASELINE = Path(__file__).parent / "baseline"
+REGENERATE = os.environ.get("SCEXPLAIN_REGENERATE_BASELINES", "") not in ("", "0")
+DPI = 60
+TOL = 5.0  # RMS over 0–255 grey levels: absorbs anti-aliasing and FreeType differences, not layout changes
+
+PLOTS = {
+    "heatmap": lambda a: sx.pl.heatmap(a, "deep_shap", n_genes=3, return_fig=True),
+    "heatmap_dendrogram": lambda a: sx.pl.heatmap(a, "deep_shap", n_genes=2, dendrogram=True, return_fig=True),
+    "heatmap_tree_rep": lambda a: sx.pl.heatmap(a, "tree_shap_gpu", n_genes=2, return_fig=True),
+    "dotplot": lambda a: sx.pl.dotplot(a, "deep_shap", n_genes=2, return_fig=True),
+    "ranking": lambda a: sx.pl.ranking(a, "deep_shap", n_genes=3, return_fig=True),
+    "feature_importance": lambda a: sx.pl.feature_importance(a, "tree_shap_gpu", group="type_1", n_features=5,
+                                                             return_fig=True),
+}
+
+
+@pytest.mark.parametrize("name", list(PLOTS))
+def test_matches_baseline(adata4, tmp_path, name):
+    fig = PLOTS[name](adata4)
+    fig.set_size_inches(*[round(float(s), 2) for s in fig.get_size_inches()])
+    actual = tmp_path / f"{name}.png"
+    fig.savefig(actual, dpi=DPI)
+    expected = BASELINE / f"{name}.png"
+    if REGENERATE:
+        BASELINE.mkdir(exist_ok=True)
+        shutil.copyfile(actual, expected)
+    if not expected.exists():
+        pytest.fail(f"No baseline {expected}; create it with SCEXPLAIN_REGENERATE_BASELINES=1 (see module docstring).")
+    assert expected.stat().st_size < 100_000
+    diff = compare_images(str(expected), str(actual), tol=TOL)
+    assert diff is None, diff
