@@ -1,0 +1,632 @@
+"""Exact, batched DeepSHAP (DeepLIFT rescale rule averaged over a background) for torch models.
+
+Pure numerics on torch tensors: no AnnData here. :func:`deeplift_shap` explains a chunk of cells against every
+background cell, for several outputs per cell at once.
+
+How it works
+------------
+For ``n`` cells and ``B`` background cells, the model runs on a doubled batch of pairs ``[x_i ; b]`` (rows ``r``
+and ``r + P`` are partners) under :class:`~scexplain.engines._deeplift_rules.DeepLiftMode`, a torch function mode
+that gives every op its DeepLIFT rule (modules and functional calls alike). One batched backward pass returns the
+multipliers of all requested outputs, and ``φ_i = mean_b (x_i − b) · M(x_i, b)``.
+
+First-layer shortcut: when the input only goes through elementwise maps (``log1p``, scaling, ...) and a
+concatenation with covariates before ``Linear`` layers and per-column affine maps (batch norm in eval mode, ...),
+these run on the ``n + B`` distinct rows instead of the ``2·n·B`` pair rows (the model sees NaN-filled stand-ins
+of the right shape, never materialised), the affine maps fold into the layer's weights ``W``, the backward pass
+stops at the input of the first nonlinearity, and the gene-level attributions are two GEMMs::
+
+    φ[i, c, g] = 1/B · ( u_i[g] · Σ_k W[k, g] Σ_b M[c, i, b, k]  −  Σ_{b,k} M[c, i, b, k] · u_b[g] W[k, g] )
+
+with ``u = h(x)`` the elementwise map (``Δh`` replaces ``Δx``: the rescale rules of a chain of elementwise maps
+compose to ``Δh / Δx``), so that no ``n × B × C × G`` tensor is formed. Any other model uses the generic path
+(and so does one that reads a stand-in in a way the shortcut does not follow: NaN in its output shows it); both
+paths give the same numbers up to rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from ._deeplift_rules import (
+    DIVISION,
+    ELEMENTWISE,
+    TRAINING_ARG,
+    Call,
+    DeepLiftMode,
+    first_tensor,
+    inplace_target,
+    is_metadata,
+    training_flag,
+)
+
+__all__ = ["DeepLiftWarning", "deeplift_shap"]
+
+logger = logging.getLogger("scexplain")
+
+Tensor = torch.Tensor
+
+#: working-set target of one chunk, in tensor elements (2**26 float32 = 256 MiB)
+_CHUNK_ELEMENTS = 2**26
+#: largest block of first-layer products ``u_b[g] · W[k, g]`` in one GEMM, in elements
+_BLOCK_ELEMENTS = 2**25
+#: largest cache of such products kept across chunks, in elements
+_CACHE_ELEMENTS = 2**25
+
+
+class DeepLiftWarning(UserWarning):
+    """An op with no DeepLIFT rule was applied to a tensor derived from the explained input.
+
+    It was computed with its ordinary gradient, so attributions may not sum to ``f(x) − mean_b f(b)``; the
+    additivity error measures by how much. ``op`` holds the op's name (e.g. ``"layer_norm"``).
+    """
+
+    def __init__(self, message: str, op: str | None = None):
+        super().__init__(message)
+        self.op = op
+
+
+def deeplift_shap(
+    forward,
+    x: Tensor,
+    background: Tensor,
+    classes: Tensor,
+    *,
+    cov: Tensor | None = None,
+    pair_budget: int | None = None,
+    shortcut: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DeepSHAP attributions of a torch model: DeepLIFT's rescale rule averaged over background cells.
+
+    Parameters
+    ----------
+    forward
+        ``forward(x, cov) -> outputs``: cells × genes (and cells × covariates or ``None``) to cells × outputs
+        (a 1-D output is one column). Must treat each row independently (eval mode: no batch statistics).
+    x
+        ``n × G`` cells to explain (device and dtype of the computation).
+    background
+        ``B × G`` background cells.
+    classes
+        ``n × C`` integer indices of the outputs to explain for each cell (``C ≥ 1``, the same for all cells).
+    cov
+        ``n × k`` covariates of each explained cell, or ``None``. Held fixed: a cell's row is used for the cell
+        and for every one of its background pairs.
+    pair_budget
+        Maximum number of (cell, background cell) pairs per forward/backward chunk (bounds memory); ``None``
+        picks one from the number of genes and outputs (about 256 MiB of float32 work space).
+    shortcut
+        Evaluate the first ``Linear`` layer on distinct rows when the model allows it (same results up to
+        rounding); ``False`` forces the generic path.
+
+    Returns
+    -------
+    ``(attributions, f_x, f_background_mean)``: ``n × C × G``, ``n × C`` and ``n × C`` tensors with
+    ``f_background_mean[i, c] = mean_b forward(b, cov_i)[classes[i, c]]``, ``f_x[i, c]`` the output for the cell,
+    and ``attributions.sum(-1) == f_x − f_background_mean`` ("summation to delta") when every op has a rule.
+
+    Warns
+    -----
+    DeepLiftWarning
+        Once per call for each op without a rule (e.g. ``layer_norm``) that touched the input's computation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+    >>> x, bg = torch.randn(4, 5, dtype=torch.float64), torch.randn(10, 5, dtype=torch.float64)
+    >>> classes = torch.tensor([[0, 2]] * 4)
+    >>> phi, fx, fb = deeplift_shap(lambda x, cov: net(x), x, bg, classes)
+    >>> phi.shape
+    torch.Size([4, 2, 5])
+    >>> bool(torch.allclose(phi.sum(-1), fx - fb))
+    True
+    """
+    _check(x, background, classes, cov)
+    n_genes = x.shape[1]
+    n_bg, n_classes = background.shape[0], classes.shape[1]
+    background = background.to(device=x.device, dtype=x.dtype)
+    cov = None if cov is None else cov.to(device=x.device)
+    classes = classes.to(device=x.device, dtype=torch.long)
+    if pair_budget is not None and (not isinstance(pair_budget, int) or pair_budget < 1):
+        raise ValueError(f"`pair_budget` must be a positive integer or None, got {pair_budget!r}.")
+    with torch.enable_grad():
+        if shortcut:
+            try:
+                budget = pair_budget or _default_budget(n_genes, n_classes, shortcut=True)
+                result, unruled = _explain(forward, x, background, classes, cov, budget, _Shortcut(n_bg))
+            except _NoShortcut as why:
+                logger.debug("deeplift_shap: generic path (%s)", why)
+                shortcut = False
+        if not shortcut:
+            budget = pair_budget or _default_budget(n_genes, n_classes, shortcut=False)
+            result, unruled = _explain(forward, x, background, classes, cov, budget, None)
+    for op in unruled:
+        warnings.warn(
+            DeepLiftWarning(
+                f"DeepLIFT has no rule for `{op}`; it got its ordinary gradient, so attributions may not sum to "
+                "f(x) − E[f(background)] (see the additivity error).",
+                op,
+            ),
+            stacklevel=2,
+        )
+    return result
+
+
+# --- planning and accumulation ---------------------------------------------------------------------------------
+
+
+def _check(x, background, classes, cov) -> None:
+    for name, t in (("x", x), ("background", background), ("classes", classes)):
+        if not isinstance(t, Tensor) or t.dim() != 2:
+            raise ValueError(f"`{name}` must be a 2-D torch tensor, got {getattr(t, 'shape', type(t))}.")
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a floating tensor, got {x.dtype}.")
+    if background.shape[1] != x.shape[1] or background.shape[0] < 1:
+        raise ValueError(f"`background` must be B × {x.shape[1]} with B ≥ 1, got {tuple(background.shape)}.")
+    if classes.shape[0] != x.shape[0] or classes.shape[1] < 1:
+        raise ValueError(f"`classes` must be {x.shape[0]} × C with C ≥ 1, got {tuple(classes.shape)}.")
+    if classes.is_floating_point():
+        raise TypeError("`classes` must hold integer output indices.")
+    if cov is not None and (not isinstance(cov, Tensor) or cov.shape[0] != x.shape[0]):
+        raise ValueError(f"`cov` must have one row per cell ({x.shape[0]}), got {getattr(cov, 'shape', cov)}.")
+
+
+def _default_budget(n_genes: int, n_classes: int, *, shortcut: bool) -> int:
+    """Pairs per chunk so that the chunk's main tensors take about :data:`_CHUNK_ELEMENTS` elements.
+
+    Per pair: hidden activations and the ``C`` gradients of hidden layers (taken ≈ 128 wide), and without the
+    shortcut the pair inputs and their ``C`` gradients (``(3 + C) · G``).
+    """
+    per_pair = 512 * n_classes + 1024
+    if not shortcut:
+        per_pair += (3 + n_classes) * n_genes
+    return max(1, _CHUNK_ELEMENTS // per_pair)
+
+
+@dataclass
+class _Chunk:
+    """Cells ``i0:i1`` against background rows ``b0:b1``; pair ``p = i * n_bg + b``."""
+
+    x: Tensor
+    bg: Tensor
+    classes: Tensor
+    cov: Tensor | None
+    b0: int
+
+    def __post_init__(self):
+        n, nb = self.x.shape[0], self.bg.shape[0]
+        dev = self.x.device
+        self.n_pairs = n * nb
+        self.cell_of_pair = torch.arange(n, device=dev).repeat_interleave(nb)
+        self.bg_of_pair = torch.arange(nb, device=dev).repeat(n)
+
+    def cov_pairs(self) -> Tensor | None:
+        """Covariates of the doubled batch: each cell's row for the cell and for its background partners."""
+        if self.cov is None:
+            return None
+        return self.cov.index_select(0, self.cell_of_pair).repeat(2, *([1] * (self.cov.dim() - 1)))
+
+    def outputs(self, out: Tensor, mode: DeepLiftMode) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Outputs of the cells' half and the outputs' sums over the background.
+
+        Returns ``(P × n_out outputs with grad, P × C classes of each pair, n × C Σ_b f(x), n × C Σ_b f(b))``.
+        """
+        if not isinstance(out, Tensor) or out.dim() not in (1, 2) or out.shape[0] != 2 * self.n_pairs:
+            raise ValueError(
+                f"`forward` must return a tensor with one row of outputs per input row ({2 * self.n_pairs}), got "
+                f"{tuple(getattr(out, 'shape', ()))}."
+            )
+        n_out = out.shape[1] if out.dim() == 2 else 1
+        if int(self.classes.max()) >= n_out or int(self.classes.min()) < 0:
+            raise ValueError(f"`classes` must be output indices in [0, {n_out}); the model has {n_out} outputs.")
+        x_out = mode.x_half(out) if mode.is_varying(out) else out[: self.n_pairs]
+        bg_out = out[self.n_pairs :].detach()
+        if out.dim() == 1:
+            x_out, bg_out = x_out.unsqueeze(1), bg_out.unsqueeze(1)
+        n, nb = self.x.shape[0], self.bg.shape[0]
+        index = self.classes.index_select(0, self.cell_of_pair)
+        f_x = x_out.detach().gather(1, index).view(n, nb, -1).sum(1)
+        f_bg = bg_out.gather(1, index).view(n, nb, -1).sum(1)
+        return x_out, index, f_x, f_bg
+
+
+def _explain(forward, x, background, classes, cov, budget: int, shortcut: _Shortcut | None):
+    """All chunks; returns ``((attributions, f_x, f_bg), unruled op names)``."""
+    n, n_bg = x.shape[0], background.shape[0]
+    block = min(n_bg, budget)
+    cells = max(1, budget // block)
+    phi = x.new_zeros(n, classes.shape[1], x.shape[1])
+    f_x = x.new_zeros(n, classes.shape[1])
+    f_bg = x.new_zeros(n, classes.shape[1])
+    unruled: dict[str, None] = {}
+    for i0 in range(0, n, cells):
+        i1 = min(n, i0 + cells)
+        for b0 in range(0, n_bg, block):
+            chunk = _Chunk(x[i0:i1].detach(), background[b0 : b0 + block].detach(), classes[i0:i1],
+                           None if cov is None else cov[i0:i1].detach(), b0)
+            run = _generic if shortcut is None else shortcut.run
+            part, fx, fb, ops = run(forward, chunk)
+            with torch.no_grad():
+                phi[i0:i1] += part.transpose(0, 1)
+                f_x[i0:i1] += fx
+                f_bg[i0:i1] += fb
+            unruled.update(dict.fromkeys(ops))
+    return (phi.div_(n_bg), f_x.div_(n_bg), f_bg.div_(n_bg)), unruled
+
+
+def _multipliers(out: Tensor, index: Tensor, inputs: list[Tensor]) -> list[Tensor]:
+    """``d out[r, index[r, c]] / d input`` for every column ``c`` of ``index`` (``P × C``), in one backward pass.
+
+    A list of ``C × input.shape`` tensors (zeros for an input the outputs do not depend on).
+    """
+    n_classes = index.shape[1]
+    if not out.requires_grad:
+        return [torch.zeros((n_classes, *t.shape), dtype=t.dtype, device=t.device) for t in inputs]
+    if n_classes == 1:
+        grads = torch.autograd.grad(out.gather(1, index).sum(), inputs, allow_unused=True)
+        grads = [None if g is None else g.unsqueeze(0) for g in grads]
+    else:  # one-hot output gradients, batched over the C targets (vmap over the backward pass)
+        onehots = out.new_zeros(n_classes, *out.shape)
+        onehots.scatter_(2, index.T.unsqueeze(2), 1.0)
+        grads = torch.autograd.grad(out, inputs, grad_outputs=onehots, is_grads_batched=True, allow_unused=True)
+    return [torch.zeros((n_classes, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
+            for g, t in zip(grads, inputs, strict=True)]
+
+
+# --- generic path ----------------------------------------------------------------------------------------------
+
+
+def _generic(forward, chunk: _Chunk):
+    """Any row-wise model: gradient at the genes of the x-half of the pair batch."""
+    x_half = chunk.x.index_select(0, chunk.cell_of_pair).requires_grad_(True)
+    bg_half = chunk.bg.index_select(0, chunk.bg_of_pair)
+    mode = DeepLiftMode(chunk.n_pairs)
+    pairs = mode.join((x_half, bg_half))
+    with mode:
+        out = forward(pairs, chunk.cov_pairs())
+    x_out, index, f_x, f_bg = chunk.outputs(out, mode)
+    (m,) = _multipliers(x_out, index, [x_half])  # C × P × G
+    n, nb = chunk.x.shape[0], chunk.bg.shape[0]
+    m = m.mul_(x_half.detach() - bg_half)
+    return m.view(m.shape[0], n, nb, -1).sum(2), f_x, f_bg, list(mode.unruled)
+
+
+# --- first-layer shortcut ----------------------------------------------------------------------------------------
+
+
+class _NoShortcut(BaseException):
+    """The model does something to its input that the shortcut does not cover: use the generic path.
+
+    A ``BaseException``, so that it passes through a model's own ``except Exception``.
+    """
+
+
+@dataclass
+class _Genes:
+    """A map of the input made of column blocks.
+
+    ``("rows", u)``: an elementwise map of the genes evaluated on the distinct rows (``u``: ``(n + B) × G``);
+    ``("pairs", t)``: per-pair constants (``2P × w``, covariates).
+    """
+
+    blocks: list[tuple[str, Tensor]]
+
+    @property
+    def width(self) -> int:
+        return sum(t.shape[1] for _, t in self.blocks)
+
+
+@dataclass
+class _Hidden:
+    """A hidden layer before any nonlinearity: ``values[index] + dense``, affine in the gene blocks.
+
+    ``values`` lives on the distinct rows; ``weights`` holds per gene block ``(u, w)`` with ``w`` (``K × G``) the
+    derivative with respect to ``u``.
+    """
+
+    values: Tensor
+    dense: Tensor | None
+    weights: list[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class _Tap:
+    """Where the pair batch starts: the cells' half of a hidden layer (a leaf) and its ``weights``."""
+
+    leaf: Tensor
+    weights: list[tuple[Tensor, Tensor]]
+
+
+#: elementwise ops the shortcut applies to the distinct rows of a map of the genes
+_GENEWISE = ELEMENTWISE | frozenset(
+    "add sub subtract rsub neg negative positive mul multiply to type float double type_as contiguous clone dropout "
+    "dropout1d alpha_dropout feature_alpha_dropout batch_norm".split()
+)
+#: per-column affine ops folded into a hidden layer's weights
+_AFFINE = frozenset(
+    "add sub subtract rsub neg negative positive mul multiply div divide true_divide contiguous clone dropout "
+    "dropout1d alpha_dropout feature_alpha_dropout batch_norm".split()
+)
+_LINEAR_LAYERS = frozenset({"linear", "matmul", "mm", "addmm"})
+#: reshaping ops, identities when they keep the shape
+_RESHAPES = frozenset({"flatten", "view", "reshape", "squeeze", "contiguous"})
+_CATS = frozenset({"cat", "concat", "concatenate", "hstack", "column_stack"})
+
+
+@dataclass
+class _Shortcut:
+    """State of the shortcut across the chunks of one call: cached ``u_b[g] · w[k, g]`` products."""
+
+    n_bg: int
+    cache: dict = field(default_factory=dict)
+    cached: int = 0
+
+    def run(self, forward, chunk: _Chunk):
+        n, nb = chunk.x.shape[0], chunk.bg.shape[0]
+        distinct = torch.cat([chunk.x, chunk.bg])
+        tracker = _Tracker(torch.cat([chunk.cell_of_pair, n + chunk.bg_of_pair]), chunk.n_pairs)
+        pairs = tracker.track(_Genes([("rows", distinct)]), (2 * chunk.n_pairs, distinct.shape[1]), distinct)
+        mode = DeepLiftMode(chunk.n_pairs, tracker)
+        with mode:
+            out = forward(pairs, chunk.cov_pairs())
+            out = tracker.output(mode, out)
+        if not tracker.taps:
+            raise _NoShortcut("the input reaches the output without a Linear layer")
+        if bool(torch.isnan(out.detach()).any()):
+            raise _NoShortcut("NaN output: the model may read its input outside torch functions")
+        x_out, index, f_x, f_bg = chunk.outputs(out, mode)
+        grads = _multipliers(x_out, index, [tap.leaf for tap in tracker.taps])
+        phi = None
+        with torch.no_grad():
+            for t, (tap, g) in enumerate(zip(tracker.taps, grads, strict=True)):
+                for j, (u, w) in enumerate(tap.weights):
+                    part = self._contract(g, u, w, key=(t, j, chunk.b0), n_cells=n, n_bg=nb)
+                    phi = part if phi is None else phi + part
+        return phi, f_x, f_bg, list(mode.unruled)
+
+    def _contract(self, g: Tensor, u: Tensor, w: Tensor, *, key, n_cells: int, n_bg: int) -> Tensor:
+        """``Σ_b Σ_k g[c, (i, b), k] · w[k, g] · (u[i] − u[n + b])[g]`` → ``C × n × G``, by GEMMs.
+
+        ``u_i · (Σ_b g) @ w − g @ V`` with ``V[(b, k), g] = u_b[g] · w[k, g]``, over blocks of background cells
+        small enough for ``V`` to take at most :data:`_BLOCK_ELEMENTS`.
+        """
+        n_classes, n_hidden = g.shape[0], g.shape[-1]
+        g = g.reshape(n_classes, n_cells, n_bg, n_hidden)
+        out = (g.sum(2) @ w).mul_(u[:n_cells])
+        step = max(1, _BLOCK_ELEMENTS // (n_hidden * w.shape[1]))
+        for b0 in range(0, n_bg, step):
+            part = g[:, :, b0 : b0 + step].reshape(n_classes * n_cells, -1)
+            v = self._products(u[n_cells + b0 : n_cells + b0 + step], w, key=(*key, b0))
+            out.sub_((part @ v).view(n_classes, n_cells, -1))
+        return out
+
+    def _products(self, u_b: Tensor, w: Tensor, *, key) -> Tensor:
+        """``V[(b, k), g] = u_b[b, g] · w[k, g]``, cached across chunks while the cache is small enough."""
+        hit = self.cache.get(key)
+        if hit is not None and torch.equal(hit[0], w) and torch.equal(hit[1], u_b):
+            return hit[2]
+        products = (u_b[:, None, :] * w[None, :, :]).reshape(-1, w.shape[1])
+        if self.cached + products.numel() <= _CACHE_ELEMENTS:
+            self.cache[key] = (w, u_b, products)
+            self.cached += products.numel()
+        return products
+
+
+class _Tracker:
+    """Follows the pair input on the distinct rows only, up to the first nonlinearity after a ``Linear`` layer.
+
+    Covered: elementwise maps of the genes, concatenation with covariates, ``Linear`` layers and per-column
+    affine maps (batch norm, scaling, ...).
+
+    A tracked tensor is a stand-in of the right shape filled with NaN (never materialised): every op that reads it
+    comes here. When a hidden layer meets anything else (a nonlinearity), it is materialised on the pair batch and
+    becomes a tap; any other use of a map of the genes ends the shortcut (:class:`_NoShortcut`). Should a model
+    read a stand-in some other way, NaN shows in its output and the generic path takes over.
+    """
+
+    def __init__(self, index: Tensor, n_pairs: int):
+        self.index = index
+        self.n_pairs = n_pairs
+        self.taps: list[_Tap] = []
+        self._records = WeakTensorKeyDictionary()
+        self._materialised = WeakTensorKeyDictionary()
+
+    def track(self, record: _Genes | _Hidden, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        stand_in = torch.full((), math.nan, dtype=like.dtype, device=like.device).expand(shape)
+        self._records[stand_in] = record
+        return stand_in
+
+    def owns_tensor(self, t) -> bool:
+        return isinstance(t, Tensor) and t in self._records
+
+    def owns(self, call: Call) -> bool:
+        return any(self.owns_tensor(t) for t in call.leaves)
+
+    def output(self, mode: DeepLiftMode, out):
+        """The model's output, materialised if it is a hidden layer."""
+        if not self.owns_tensor(out):
+            return out
+        record = self._records[out]
+        if isinstance(record, _Genes):
+            raise _NoShortcut("the output is an elementwise map of the input")
+        return self._materialise(mode, out, record)
+
+    def handle(self, mode: DeepLiftMode, call: Call):
+        name = call.name
+        if is_metadata(name):
+            return call.run()
+        records = {i: self._records[t] for i, t in enumerate(call.leaves) if self.owns_tensor(t)}
+        others_vary = any(mode.is_varying(t) for t in call.leaves)
+        plain = inplace_target(call) is None and not (name in TRAINING_ARG and training_flag(call))
+        if name in _RESHAPES and plain and len(records) == 1 and not others_vary:
+            (pos,) = records
+            if _result_shape(call, pos) == call.leaves[pos].shape:  # e.g. nn.Flatten() of a matrix
+                return call.leaves[pos]
+        if any(isinstance(r, _Genes) for r in records.values()):
+            if not plain or others_vary or (len(records) > 1 and name not in _CATS):
+                raise _NoShortcut(f"`{name}` on the input (in place, in training mode or with another input)")
+            return self._genes_op(mode, call, records)
+        if plain and len(records) == 1 and not others_vary:
+            ((pos, record),) = records.items()
+            out = self._hidden_op(call, pos, record)
+            if out is not None:
+                return out
+        # anything else (a nonlinearity, in place or not) sees the hidden layer on the pair batch
+        stand_ins = {i: self._materialise(mode, call.leaves[i], r) for i, r in records.items()}
+        return mode.dispatch(call.replaced(stand_ins))
+
+    # --- maps of the genes
+    def _genes_op(self, mode: DeepLiftMode, call: Call, records: dict[int, _Genes]):
+        name = call.name
+        if name in _LINEAR_LAYERS:
+            return self._first_layer(call, records)
+        if name in _CATS:
+            return self._cat(mode, call)
+        if name in _GENEWISE:
+            ((pos, record),) = records.items()
+            if len(record.blocks) != 1 or record.blocks[0][0] != "rows":
+                raise _NoShortcut(f"`{name}` on covariates joined to the input")
+            values = _apply_to_rows(call, pos, record.blocks[0][1])
+            if values is None:
+                raise _NoShortcut(f"`{name}` is not elementwise here")
+            return self.track(_Genes([("rows", values)]), call.leaves[pos].shape, values)
+        raise _NoShortcut(f"`{name}` on the input")
+
+    def _cat(self, mode: DeepLiftMode, call: Call) -> Tensor:
+        tensors = call.args[0] if call.args else call.kwargs.get("tensors")
+        dim = 1 if call.name in {"hstack", "column_stack"} else _cat_dim(call)
+        if not isinstance(tensors, list | tuple) or any(not isinstance(t, Tensor) or t.dim() != 2 for t in tensors):
+            raise _NoShortcut(f"`{call.name}` of non-matrices with the input")
+        if dim % 2 != 1:
+            raise _NoShortcut(f"`{call.name}` of the input along the cells")
+        blocks: list[tuple[str, Tensor]] = []
+        for t in tensors:
+            record = self._records.get(t) if self.owns_tensor(t) else None
+            if isinstance(record, _Genes):
+                blocks.extend(record.blocks)
+            elif record is None and not mode.is_varying(t) and t.shape[0] == 2 * self.n_pairs:
+                blocks.append(("pairs", t))
+            else:
+                raise _NoShortcut(f"`{call.name}` of the input with a tensor that is not a per-pair constant")
+        record = _Genes(blocks)
+        return self.track(record, (2 * self.n_pairs, record.width), tensors[0])
+
+    def _first_layer(self, call: Call, records: dict[int, _Genes]) -> Tensor:
+        layer = _linear_layer(call)
+        if layer is None or len(records) != 1 or not self.owns_tensor(layer[0]):
+            raise _NoShortcut(f"`{call.name}` of the input is not a plain Linear layer")
+        x, weight, bias = layer
+        record = self._records[x]
+        if record.width != weight.shape[1]:
+            raise _NoShortcut(f"`{call.name}`: shapes do not match")
+        values = dense = None
+        weights, col = [], 0
+        for kind, t in record.blocks:
+            w = weight[:, col : col + t.shape[1]]
+            col += t.shape[1]
+            if kind == "rows":
+                weights.append((t, w))
+                values = t @ w.T if values is None else values + t @ w.T
+            else:
+                dense = t @ w.T if dense is None else dense + t @ w.T
+        if values is None:
+            raise _NoShortcut("a Linear layer of covariates only")
+        if bias is not None:
+            values = values + bias
+        return self.track(_Hidden(values, dense, weights), (2 * self.n_pairs, weight.shape[0]), values)
+
+    # --- hidden layers before any nonlinearity
+    def _hidden_op(self, call: Call, pos: int, record: _Hidden) -> Tensor | None:
+        """A per-column affine op or a Linear layer on the distinct rows; ``None`` if it is neither."""
+        name, stand_in = call.name, call.leaves[pos]
+        if name in _LINEAR_LAYERS:
+            layer = _linear_layer(call)
+            if layer is None or layer[0] is not stand_in:
+                return None
+            _, weight, bias = layer
+            values = torch.nn.functional.linear(record.values, weight, bias)
+            dense = None if record.dense is None else record.dense @ weight.T
+            weights = [(u, weight @ w) for u, w in record.weights]
+        elif name in _AFFINE and not (name in DIVISION and pos != first_tensor(call)):
+            values = _apply_to_rows(call, pos, record.values)
+            if values is None:
+                return None
+            probe = torch.stack([torch.zeros_like(values[0]), torch.ones_like(values[0])])
+            ends = call.run({pos: probe})
+            scale = ends[1] - ends[0]
+            dense = None if record.dense is None else record.dense * scale
+            weights = [(u, scale[:, None] * w) for u, w in record.weights]
+        else:
+            return None
+        return self.track(_Hidden(values, dense, weights), (2 * self.n_pairs, values.shape[1]), values)
+
+    def _materialise(self, mode: DeepLiftMode, stand_in: Tensor, record: _Hidden) -> Tensor:
+        """The hidden layer on the pair batch; its cells' half becomes a tap (once per stand-in)."""
+        done = self._materialised.get(stand_in)
+        if done is not None:
+            return done
+        p = self.n_pairs
+        z_x, z_bg = record.values.index_select(0, self.index[:p]), record.values.index_select(0, self.index[p:])
+        if record.dense is not None:
+            z_x, z_bg = z_x + record.dense[:p], z_bg + record.dense[p:]
+        leaf = z_x.detach().requires_grad_(True)
+        self.taps.append(_Tap(leaf, record.weights))
+        full = mode.join((leaf, z_bg))
+        self._materialised[stand_in] = full
+        return full
+
+
+def _result_shape(call: Call, pos: int) -> torch.Size | None:
+    """Shape of ``call``'s result with a meta tensor in place of the stand-in at ``pos`` (``None`` if it fails)."""
+    t = call.leaves[pos]
+    try:
+        out = call.run({pos: torch.empty(t.shape, dtype=t.dtype, device="meta")})
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return out.shape if isinstance(out, Tensor) else None
+
+
+def _cat_dim(call: Call) -> int:
+    return call.kwargs.get("dim", call.args[1] if len(call.args) > 1 else 0)
+
+
+def _apply_to_rows(call: Call, pos: int, values: Tensor) -> Tensor | None:
+    """``call`` on the distinct rows ``values`` instead of the stand-in at ``pos``.
+
+    ``None`` unless it maps each row on its own (constants broadcast along the rows) and keeps shape and dtype.
+    """
+    for i, other in enumerate(call.leaves):
+        if i != pos and isinstance(other, Tensor) and other.dim() >= 2 and other.shape[0] != 1:
+            return None
+    out = call.run({pos: values})
+    if not isinstance(out, Tensor) or out.shape != values.shape or out.dtype != values.dtype:
+        return None
+    return out
+
+
+def _linear_layer(call: Call) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """``(input, weight K × D, bias)`` of ``linear`` / ``addmm`` / ``matmul`` / ``mm`` with a constant matrix."""
+    name, args, kwargs = call.name, call.args, call.kwargs
+    if name == "linear":
+        x, weight = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+        bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+    elif name == "addmm" and not ({"beta", "alpha"} & set(kwargs)) and len(args) == 3:
+        bias, x, weight = args[0], args[1], args[2].T
+    elif name in {"matmul", "mm"} and len(args) == 2 and not kwargs:
+        (x, weight), bias = args, None
+        weight = weight.T if isinstance(weight, Tensor) else weight
+    else:
+        return None
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or (bias is not None and (
+            not isinstance(bias, Tensor) or bias.dim() > 1)):
+        return None
+    return x, weight, bias
