@@ -14,7 +14,7 @@ of ``--repeats`` runs after a small warm-up, shap's and captum's one run each (t
 the largest absolute differences between the three, and scexplain's additivity error
 ``‖Σ_g φ − (f(x) − mean_b f(b))‖ / ‖f(x) − mean_b f(b)‖`` (per cell; max and overall).
 
-Run: ``python benchmarks/deep_shap_engine.py`` (``--cells``, ``--background``, ``--repeats``, ``--seed``).
+Run: ``python benchmarks/deep_shap.py`` (``--cells``, ``--background``, ``--repeats``, ``--seed``).
 """
 
 from __future__ import annotations
