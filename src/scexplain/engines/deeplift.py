@@ -537,6 +537,7 @@ class _Tracker:
                 weights.append((t, w))
                 values = t @ w.T if values is None else values + t @ w.T
             else:
+                t = t.to(w.dtype)  # a per-pair constant joined by torch.cat may be an integer one-hot
                 dense = t @ w.T if dense is None else dense + t @ w.T
         if values is None:
             raise _NoShortcut("a Linear layer of covariates only")

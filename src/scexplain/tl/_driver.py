@@ -6,6 +6,11 @@ An *engine* is a callable ``engine(x, cov, classes) -> EngineOutput`` on torch t
 ``x`` (n × G, the model's inputs), ``cov`` (n × k covariates or ``None``) and ``classes`` (n × C output indices to
 explain for each cell). The ``tl`` functions build their engine from an :class:`EngineContext` and call
 :func:`explain_cells`.
+
+Latent mode: an adapter with ``explains_latent = True`` (scVI/scANVI with ``explain="latent"``) has latent
+dimensions as outputs and no per-cell target; :func:`explain_cells` then hands over to :func:`_explain_latent`,
+which explains every cell toward every (listed) dimension and stores genes × dimensions summaries instead of a
+``layers`` entry (see its docstring for the keys).
 """
 
 from __future__ import annotations
@@ -165,8 +170,12 @@ def explain_cells(
     adapter = adapt(model, output_names=output_names, **(adapter_kwargs or {}))
     X, names = adapter.input_matrix(adata, layer=layer, use_raw=use_raw)
     _inputs.check_finite(X, "input matrix")
+    latent = bool(getattr(adapter, "explains_latent", False))
+    latent_classes = _latent_targets(adapter, target) if latent else None
     if groupby is None:
         groupby = adapter.default_groupby
+        if latent and groupby is not None and groupby not in adata.obs.columns:
+            groupby = None  # latent mode: per-group summaries are optional (e.g. a query without labels)
     groups = _inputs.get_groups(adata, groupby)
     dev, tdtype = resolve_device(device), resolve_dtype(dtype)
     np_dtype = np.float64 if tdtype == torch.float64 else np.float32
@@ -184,6 +193,36 @@ def explain_cells(
     pos = _column_map(pd.Index(names), adata.var_names)
     if pos is not None and (pos < 0).all():
         raise ValueError("None of the model's genes are in adata.var_names; cannot store gene attributions.")
+
+    if latent:
+        return _explain_latent(
+            adata,
+            model,
+            adapter,
+            X,
+            latent_classes,
+            method=method,
+            engine_factory=engine_factory,
+            key=key,
+            groups=groups,
+            pos=pos,
+            bg=bg,
+            bg_idx=bg_idx,
+            batch_size=batch_size,
+            device=dev,
+            dtype=tdtype,
+            random_state=random_state,
+            copy=copy,
+            progress=progress,
+            keep_all=keep_all,
+            params={
+                "groupby": groupby,
+                "layer": layer,
+                "use_raw": bool(use_raw),
+                "target": target if isinstance(target, str) else [str(t) for t in target],
+                **(params or {}),
+            },
+        )
 
     n_obs = adata.n_obs
     with adapter.explaining(dev, tdtype):
@@ -314,6 +353,181 @@ def explain_cells(
     if rel_errors:
         logger.info(
             "%s: max relative additivity error %.3g (median %.3g)",
+            method,
+            uns[Key.uns.additivity]["max_relative_error"],
+            uns[Key.uns.additivity]["median_relative_error"],
+        )
+    return _store.write(adata, result, copy=copy)
+
+
+#: ``uns[key]`` entry of latent mode: genes × ``"{group}|{dim}"`` mean |attribution| of each group's cells
+LATENT_GROUP_MEAN_ABS = "latent_group_mean_abs"
+
+
+def _latent_targets(adapter: ModelAdapter, target) -> np.ndarray:
+    """Latent dimensions to explain: all for ``"all"`` (and the default ``"label"``), or the listed ones."""
+    names = list(adapter.output_names)
+    if isinstance(target, str) and target in ("label", "all"):
+        return np.arange(len(names))
+    if isinstance(target, str) and target == "predicted":
+        raise ValueError(
+            "Latent dimensions have no predicted class; with explain='latent' use target='all' or a list of "
+            f"latent dimensions among {names}."
+        )
+    return _inputs.resolve_targets(target, output_names=names, groups=None).classes
+
+
+def _explain_latent(
+    adata: AnnData,
+    model,
+    adapter: ModelAdapter,
+    X,
+    dims: np.ndarray,
+    *,
+    method: str,
+    engine_factory: EngineFactory,
+    key: str,
+    groups: pd.Categorical | None,
+    pos: np.ndarray | None,
+    bg: np.ndarray | None,
+    bg_idx: np.ndarray | None,
+    batch_size: int,
+    device,
+    dtype,
+    random_state: int | None,
+    copy: bool,
+    progress: bool,
+    keep_all: bool,
+    params: dict[str, Any],
+) -> AnnData | None:
+    """Latent mode (adapters with ``explains_latent``): attributions of each gene to each latent dimension.
+
+    Every cell is explained toward every dimension in ``dims``; attributions are only accumulated over cells
+    (never cells × genes × dims at once). Stores:
+
+    - ``varm[Key.latent(key)]``: genes × dims signed mean attribution over all cells;
+    - ``varm[Key.latent_abs(key)]``: genes × dims mean |attribution|; its columns are also ranked (highest first)
+      into ``uns[key]["names"/"scores"]`` with the dimensions as groups, so that
+      ``sc.get.rank_genes_groups_df(adata, "latent_0", key=key)`` lists each dimension's top genes;
+    - ``uns[key]["latent_group_mean_abs"]`` (with ``groupby``): DataFrame genes × ``"{group}|{dim}"``, float32, the
+      mean |attribution| over each group's cells;
+    - ``obsm[key]`` (methods with a completeness property): per cell ``expected_value_{dim}`` (the reference
+      mean_b f(b, c) of each dimension) and ``relative_error`` ‖Σφ − Δμ‖ / ‖Δμ‖ over the dimensions;
+    - ``uns[key]["additivity"]`` over all cells (relative error per cell over dimensions; max abs error over all
+      (cell, dimension) pairs), ``uns[key]["expected_value"]`` per dimension when the model has no covariates;
+    - nothing in ``layers[key]`` (a latent dimension is no cell's own target); with ``keep_all=True``,
+      ``layers[f"{key}_{dim}"]`` per explained dimension.
+    """
+    import torch
+
+    n_obs = adata.n_obs
+    out_names = [str(n) for n in adapter.output_names]
+    dim_names = [out_names[d] for d in dims]
+    n_dims = len(dims)
+    with adapter.explaining(device, dtype):
+        ctx = EngineContext(
+            adapter=adapter,
+            device=device,
+            dtype=dtype,
+            background=None if bg is None else _tensor(bg, device, dtype),
+            random_state=random_state,
+            n_outputs=len(out_names),
+        )
+        engine = engine_factory(ctx)
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        n_model_genes = X.shape[1]
+        sum_signed = np.zeros((n_dims, n_model_genes))
+        sum_abs = np.zeros((n_dims, n_model_genes))
+        codes = None if groups is None else np.asarray(groups.codes)
+        n_groups = 0 if groups is None else len(groups.categories)
+        group_abs = np.zeros((n_groups, n_dims * n_model_genes)) if groups is not None else None
+        kept = {int(d): np.zeros((n_obs, n_model_genes), dtype=np.float32) for d in dims} if keep_all else {}
+        expected_cells = np.full((n_obs, n_dims), np.nan)
+        rel_cells = np.full(n_obs, np.nan)
+        abs_errors: list[np.ndarray] = []
+        chunks = range(0, n_obs, batch_size)
+        for start in progress_iter(chunks, total=len(chunks), desc=method, enabled=progress):
+            rows = np.arange(start, min(start + batch_size, n_obs))
+            x = _tensor(_inputs.dense_rows(X, rows, np_dtype), device, dtype)
+            cov = adapter.covariates(adata, rows)
+            cov = None if cov is None else cov.to(device=device, dtype=dtype)
+            cls = torch.as_tensor(np.tile(dims, (len(rows), 1)), device=device, dtype=torch.long)
+            out = engine(x, cov, cls)
+            attr = out.attributions.detach().cpu().double().numpy()  # n × D × G
+            sum_signed += attr.sum(axis=0)
+            absval = np.abs(attr)
+            sum_abs += absval.sum(axis=0)
+            if group_abs is not None:
+                onehot = np.zeros((n_groups, len(rows)))
+                onehot[codes[rows], np.arange(len(rows))] = 1.0
+                group_abs += onehot @ absval.reshape(len(rows), -1)
+            for j, d in enumerate(dims if kept else ()):
+                kept[int(d)][rows] = attr[:, j]
+            if out.output is not None and out.reference is not None:
+                fx = out.output.detach().cpu().double().numpy()
+                ref = out.reference.detach().cpu().double().numpy()
+                delta = fx - ref
+                err = attr.sum(-1) - delta
+                rel_cells[rows] = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
+                abs_errors.append(np.abs(err).max(axis=1))
+                expected_cells[rows] = ref
+        expected = None
+        if bg is not None and not adapter.has_covariates and abs_errors:
+            expected = _background_mean(adapter, ctx.background)[dims]
+
+    # assemble, then write once
+    def genes_by_dims(values: np.ndarray) -> pd.DataFrame:
+        table = _scatter_columns(values, pos, adata.n_vars).T  # n_vars × D
+        return pd.DataFrame(table, index=adata.var_names.astype(str), columns=dim_names)
+
+    mean_signed = genes_by_dims(sum_signed / n_obs)
+    mean_abs = genes_by_dims(sum_abs / n_obs)
+    uns: dict[str, Any] = {"output_names": out_names, "latent_dims": dim_names}
+    if abs_errors:
+        uns[Key.uns.additivity] = {
+            "max_relative_error": float(np.nanmax(rel_cells)),
+            "median_relative_error": float(np.nanmedian(rel_cells)),
+            "max_abs_error": float(np.concatenate(abs_errors).max()),
+        }
+    if expected is not None:
+        uns[Key.uns.expected_value] = expected
+    if group_abs is not None:
+        counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
+        means = (group_abs / np.maximum(counts, 1)[:, None]).reshape(n_groups, n_dims, n_model_genes)
+        cols = {}
+        for gi, g in enumerate(groups.categories.astype(str)):
+            table = _scatter_columns(means[gi], pos, adata.n_vars)  # D × n_vars
+            for j, name in enumerate(dim_names):
+                cols[f"{g}|{name}"] = table[j].astype(np.float32)
+        uns[LATENT_GROUP_MEAN_ABS] = pd.DataFrame(cols, index=adata.var_names.astype(str))
+    obsm = None
+    if abs_errors:
+        obsm = pd.DataFrame(expected_cells, columns=[f"expected_value_{n}" for n in dim_names], index=adata.obs_names)
+        obsm["relative_error"] = rel_cells
+    common = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "n_background": None if bg is None else int(bg.shape[0]),
+        "background_obs_indices": bg_idx,
+        "random_state": random_state,
+        "dtype": str(np_dtype.__name__),
+        "device": str(device.type),
+        "versions": _versions(),
+    }
+    result = _store.Result(
+        method=method,
+        key=key,
+        params={**common, **params, "explain": "latent"},
+        layer=None,
+        obsm=obsm,
+        varm=None,
+        varm_extra={Key.latent(key): mean_signed, Key.latent_abs(key): mean_abs},
+        layers_extra={f"{key}_{out_names[d]}": _scatter_columns(v, pos, adata.n_vars) for d, v in kept.items()},
+        ranking=mean_abs,
+        uns=uns,
+    )
+    if abs_errors:
+        logger.info(
+            "%s (latent): max relative additivity error %.3g (median %.3g)",
             method,
             uns[Key.uns.additivity]["max_relative_error"],
             uns[Key.uns.additivity]["median_relative_error"],
