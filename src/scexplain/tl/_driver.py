@@ -251,7 +251,9 @@ def explain_cells(
             listed = targets.classes
             hit = listed[None, :] == own[:, None]
             extra = ~hit.any(axis=1)
-            classes = np.concatenate([np.tile(listed, (n_obs, 1)), own[:, None]], axis=1)
+            classes = np.tile(listed, (n_obs, 1))
+            if extra.any():  # some cell's own target is not listed: explain it too, in one more column
+                classes = np.concatenate([classes, own[:, None]], axis=1)
             own_col = np.where(extra, len(listed), hit.argmax(axis=1))
 
         # 3. engine over chunks of cells
