@@ -3,90 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..cli import add_io_arguments, check_io_paths, register, write_h5ad_atomic
-
-
-def load_model(path: str, adata):
-    """A torch module saved with ``torch.save(module, path)``, or an scvi-tools model folder (SCANVI/SCVI).
-
-    ``torch.load(..., weights_only=False)`` unpickles the module: only load model files you trust.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"Model {path!r} does not exist.")
-    if p.is_dir():
-        from .._optional import import_optional
-
-        scvi = import_optional("scvi", purpose="loading scvi-tools models")
-        for cls in (scvi.model.SCANVI, scvi.model.SCVI):
-            try:
-                return cls.load(str(p), adata=adata, accelerator="cpu")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-        raise ValueError(f"{path!r} is a folder but not a saved SCANVI or SCVI model.")
-    import torch
-
-    model = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{path!r} holds a {type(model).__name__}, not a torch.nn.Module saved with torch.save(model).")
-    return model
+from ..cli import register
+from ._common import add_model_arguments, run_model_explainer
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    add_io_arguments(parser)
-    parser.add_argument("--model", "-m", required=True,
-                        help="torch.save(module) file (unpickled: trusted files only) or scvi-tools model folder")
-    parser.add_argument("--groupby", help="obs column with each cell's class")
-    parser.add_argument("--layer", help="layer holding the model's input (default: X)")
-    parser.add_argument("--use-raw", action="store_true", help="use adata.raw.X as input")
-    parser.add_argument("--target", default="label",
-                        help="'label', 'predicted', 'all' or comma-separated output names (default: label)")
-    parser.add_argument("--output-names", help="comma-separated names of the model outputs, in order")
-    parser.add_argument("--explain", choices=["classifier", "latent"], help="scvi-tools models: what to explain")
+    add_model_arguments(parser, "deep_shap")
     parser.add_argument("--n-background", type=int, default=100, help="background cells (default: 100)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--key-added", help="storage key (default: deep_shap)")
-
-
-def parse_target(value: str):
-    """``label``/``predicted``/``all`` pass through; anything else is a comma-separated list of names."""
-    return value if value in ("label", "predicted", "all") else [v.strip() for v in value.split(",") if v.strip()]
 
 
 @register("deep-shap", help="DeepSHAP attributions of a torch or scvi-tools model; h5ad in, h5ad out.")
 def run(args: argparse.Namespace) -> int:
-    """Read, explain, write atomically."""
-    import anndata as ad
+    """``scexplain deep-shap``."""
+    from ..tl import deep_shap
 
-    from .. import tl
-
-    check_io_paths(args.input, args.output)
-    adata = ad.read_h5ad(args.input)
-    model = load_model(args.model, adata)
-    tl.deep_shap(
-        adata,
-        model,
-        groupby=args.groupby,
-        layer=args.layer,
-        use_raw=args.use_raw,
-        target=parse_target(args.target),
-        output_names=args.output_names.split(",") if args.output_names else None,
-        explain=args.explain,
-        n_background=args.n_background,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
-        random_state=args.seed,
-        key_added=args.key_added,
-        progress=False,
-    )
-    write_h5ad_atomic(adata, args.output)
-    return 0
+    return run_model_explainer(args, deep_shap, n_background=args.n_background)
 
 
 run.add_arguments = _arguments

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..cli import add_io_arguments, check_io_paths, register, write_h5ad_atomic
-from .deep_shap import parse_target
+from ._common import parse_target
 
 
 def load_tree_model(path: str):

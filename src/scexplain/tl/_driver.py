@@ -275,8 +275,7 @@ def explain_cells(
         )
         summary_cols = ("output", "expected_value", "sum_attributions", "relative_error")
         summary = np.full((n_obs, 4), np.nan)
-        rel_errors: list[np.ndarray] = []
-        abs_errors: list[np.ndarray] = []
+        check = _AdditivityCheck()
         chunks = range(0, n_obs, batch_size)
         for start in progress_iter(chunks, total=len(chunks), desc=method, enabled=progress):
             rows = np.arange(start, min(start + batch_size, n_obs))
@@ -290,14 +289,9 @@ def explain_cells(
             own_attr[rows] = attr[np.arange(len(rows)), sel]
             for j, c in enumerate(targets.classes if all_attr else ()):
                 all_attr[c][rows] = attr[:, j]
-            if out.output is not None and out.reference is not None:
-                fx = out.output.detach().cpu().double().numpy()
-                ref = out.reference.detach().cpu().double().numpy()
-                delta = fx - ref
-                err = attr.sum(-1) - delta
-                rel = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
-                rel_errors.append(rel)
-                abs_errors.append(np.abs(err).max(axis=1))
+            checked = check.update(attr, out)
+            if checked is not None:
+                fx, ref, delta, err = checked
                 i = np.arange(len(rows))
                 summary[rows] = np.stack(
                     [fx[i, sel], ref[i, sel], attr[i, sel].sum(-1), np.abs(err[i, sel]) / np.maximum(
@@ -311,13 +305,9 @@ def explain_cells(
     # 4. assemble, then write once
     layer_values = _scatter_columns(own_attr, pos, adata.n_vars)
     uns: dict[str, Any] = {"output_names": out_names}
-    if rel_errors:
-        rel = np.concatenate(rel_errors)
-        uns[Key.uns.additivity] = {
-            "max_relative_error": float(rel.max()),
-            "median_relative_error": float(np.median(rel)),
-            "max_abs_error": float(np.concatenate(abs_errors).max()),
-        }
+    additivity = check.summary(method)
+    if additivity is not None:
+        uns[Key.uns.additivity] = additivity
     if expected is not None:
         uns[Key.uns.expected_value] = expected
     obsm = None
@@ -333,13 +323,7 @@ def explain_cells(
         "layer": layer,
         "use_raw": bool(use_raw),
         "target": target if isinstance(target, str) else [str(t) for t in target],
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "n_background": None if bg is None else int(bg.shape[0]),
-        "background_obs_indices": bg_idx,
-        "random_state": random_state,
-        "dtype": str(np_dtype.__name__),
-        "device": str(dev.type),
-        "versions": _versions(),
+        **_run_params(model, bg, bg_idx, random_state, np_dtype, dev),
     }
     result = _store.Result(
         method=method,
@@ -352,13 +336,6 @@ def explain_cells(
         ranking=ranking,
         uns=uns,
     )
-    if rel_errors:
-        logger.info(
-            "%s: max relative additivity error %.3g (median %.3g)",
-            method,
-            uns[Key.uns.additivity]["max_relative_error"],
-            uns[Key.uns.additivity]["median_relative_error"],
-        )
     return _store.write(adata, result, copy=copy)
 
 
@@ -445,8 +422,7 @@ def _explain_latent(
         group_abs = np.zeros((n_groups, n_dims * n_model_genes)) if groups is not None else None
         kept = {int(d): np.zeros((n_obs, n_model_genes), dtype=np.float32) for d in dims} if keep_all else {}
         expected_cells = np.full((n_obs, n_dims), np.nan)
-        rel_cells = np.full(n_obs, np.nan)
-        abs_errors: list[np.ndarray] = []
+        check = _AdditivityCheck()
         chunks = range(0, n_obs, batch_size)
         for start in progress_iter(chunks, total=len(chunks), desc=method, enabled=progress):
             rows = np.arange(start, min(start + batch_size, n_obs))
@@ -465,16 +441,11 @@ def _explain_latent(
                 group_abs += onehot @ absval.reshape(len(rows), -1)
             for j, d in enumerate(dims if kept else ()):
                 kept[int(d)][rows] = attr[:, j]
-            if out.output is not None and out.reference is not None:
-                fx = out.output.detach().cpu().double().numpy()
-                ref = out.reference.detach().cpu().double().numpy()
-                delta = fx - ref
-                err = attr.sum(-1) - delta
-                rel_cells[rows] = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
-                abs_errors.append(np.abs(err).max(axis=1))
-                expected_cells[rows] = ref
+            checked = check.update(attr, out)
+            if checked is not None:
+                expected_cells[rows] = checked[1]
         expected = None
-        if bg is not None and not adapter.has_covariates and abs_errors:
+        if bg is not None and not adapter.has_covariates and check.rel:
             expected = _background_mean(adapter, ctx.background)[dims]
 
     # assemble, then write once
@@ -485,12 +456,9 @@ def _explain_latent(
     mean_signed = genes_by_dims(sum_signed / n_obs)
     mean_abs = genes_by_dims(sum_abs / n_obs)
     uns: dict[str, Any] = {"output_names": out_names, "latent_dims": dim_names}
-    if abs_errors:
-        uns[Key.uns.additivity] = {
-            "max_relative_error": float(np.nanmax(rel_cells)),
-            "median_relative_error": float(np.nanmedian(rel_cells)),
-            "max_abs_error": float(np.concatenate(abs_errors).max()),
-        }
+    additivity = check.summary(f"{method} (latent)")
+    if additivity is not None:
+        uns[Key.uns.additivity] = additivity
     if expected is not None:
         uns[Key.uns.expected_value] = expected
     if group_abs is not None:
@@ -503,18 +471,10 @@ def _explain_latent(
                 cols[f"{g}|{name}"] = table[j].astype(np.float32)
         uns[LATENT_GROUP_MEAN_ABS] = pd.DataFrame(cols, index=adata.var_names.astype(str))
     obsm = None
-    if abs_errors:
+    if additivity is not None:
         obsm = pd.DataFrame(expected_cells, columns=[f"expected_value_{n}" for n in dim_names], index=adata.obs_names)
-        obsm["relative_error"] = rel_cells
-    common = {
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "n_background": None if bg is None else int(bg.shape[0]),
-        "background_obs_indices": bg_idx,
-        "random_state": random_state,
-        "dtype": str(np_dtype.__name__),
-        "device": str(device.type),
-        "versions": _versions(),
-    }
+        obsm["relative_error"] = np.concatenate(check.rel)
+    common = _run_params(model, bg, bg_idx, random_state, np_dtype, device)
     result = _store.Result(
         method=method,
         key=key,
@@ -527,14 +487,54 @@ def _explain_latent(
         ranking=mean_abs,
         uns=uns,
     )
-    if abs_errors:
-        logger.info(
-            "%s (latent): max relative additivity error %.3g (median %.3g)",
-            method,
-            uns[Key.uns.additivity]["max_relative_error"],
-            uns[Key.uns.additivity]["median_relative_error"],
-        )
     return _store.write(adata, result, copy=copy)
+
+
+class _AdditivityCheck:
+    """Σφ against f(x) − reference, accumulated chunk by chunk (chunks arrive in cell order)."""
+
+    def __init__(self) -> None:
+        self.rel: list[np.ndarray] = []  # per cell: ‖Σφ − Δf‖ / ‖Δf‖ over the explained outputs
+        self.abs: list[np.ndarray] = []  # per cell: max |Σφ − Δf| over the explained outputs
+
+    def update(self, attr: np.ndarray, out: EngineOutput):
+        """``(f(x), reference, Δf, Σφ − Δf)`` of one chunk, or ``None`` when the method has no completeness."""
+        if out.output is None or out.reference is None:
+            return None
+        fx = out.output.detach().cpu().double().numpy()
+        ref = out.reference.detach().cpu().double().numpy()
+        delta = fx - ref
+        err = attr.sum(-1) - delta
+        self.rel.append(np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12))
+        self.abs.append(np.abs(err).max(axis=1))
+        return fx, ref, delta, err
+
+    def summary(self, what: str) -> dict[str, float] | None:
+        """Max and median relative error over cells, max absolute error; logged. ``None`` if nothing was checked."""
+        if not self.rel:
+            return None
+        rel = np.concatenate(self.rel)
+        out = {
+            "max_relative_error": float(rel.max()),
+            "median_relative_error": float(np.median(rel)),
+            "max_abs_error": float(np.concatenate(self.abs).max()),
+        }
+        logger.info("%s: max relative additivity error %.3g (median %.3g)", what, out["max_relative_error"],
+                    out["median_relative_error"])
+        return out
+
+
+def _run_params(model, bg, bg_idx, random_state, np_dtype, device) -> dict[str, Any]:
+    """Parameters every run stores: model class, background, seed, dtype, device, versions."""
+    return {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "n_background": None if bg is None else int(bg.shape[0]),
+        "background_obs_indices": bg_idx,
+        "random_state": random_state,
+        "dtype": str(np_dtype.__name__),
+        "device": str(device.type),
+        "versions": _versions(),
+    }
 
 
 def _background_mean(adapter: ModelAdapter, bg) -> np.ndarray:
