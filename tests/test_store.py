@@ -105,3 +105,13 @@ def test_keys():
     assert Key.latent("k") == "k_latent"
     with pytest.raises(TypeError):
         Key.default("deep_shap", "")
+
+
+def test_is_result_tells_ours_from_scanpy(toy_adata):
+    adata = toy_adata.copy()
+    _store.write(adata, _result(adata))
+    adata.uns["neighbors"] = {"params": {"method": "umap", "n_neighbors": 15}}
+    assert _store.is_result(adata.uns["deep_shap"])
+    assert adata.uns["deep_shap"]["params"]["versions"]["scexplain"] == sx.__version__
+    assert not _store.is_result(adata.uns["neighbors"])
+    assert not _store.is_result("x")

@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from ._keys import Key
 
-__all__ = ["Result", "h5ad_safe", "ranking_recarrays", "write"]
+__all__ = ["Result", "h5ad_safe", "is_result", "ranking_recarrays", "write"]
 
 
 @dataclass
@@ -107,6 +107,20 @@ def ranking_recarrays(scores: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def is_result(value: Any) -> bool:
+    """Whether an ``adata.uns`` entry is a scexplain result (its params record the scexplain version)."""
+    if not isinstance(value, Mapping):
+        return False
+    params = value.get(Key.uns.params)
+    return isinstance(params, Mapping) and "method" in params and "scexplain" in (params.get("versions") or {})
+
+
 def _check_rows(what: str, n: int, expected: int, axis: str) -> None:
     if n != expected:
         raise ValueError(f"{what} has {n} rows but the AnnData has {expected} {axis}.")
@@ -161,6 +175,7 @@ def write(adata: AnnData, result: Result, *, copy: bool = False) -> AnnData | No
         varm[k] = _as_varm(f"varm[{k!r}]", v, adata)
 
     params = {"method": result.method, "reference": "rest", **result.params}
+    params["versions"] = {"scexplain": _version(), **(params.get("versions") or {})}
     uns: dict[str, Any] = {Key.uns.params: h5ad_safe(params)}
     uns.update({k: h5ad_safe(v) for k, v in result.uns.items()})
     if result.ranking is not None:

@@ -17,8 +17,10 @@ def _info(args: argparse.Namespace) -> int:
 
     adata = ad.read_h5ad(args.input, backed="r")
     found = False
+    from .._store import is_result
+
     for key, value in adata.uns.items():
-        if isinstance(value, dict) and "params" in value and "method" in value["params"]:
+        if is_result(value):
             found = True
             params = value["params"]
             print(f"{key}: method={params['method']} target={params.get('target', '')}")

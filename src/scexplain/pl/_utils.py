@@ -74,12 +74,10 @@ def tl_call(method: str) -> str:
 
 
 def result_keys(adata: AnnData) -> list[str]:
-    """Keys of ``adata.uns`` that hold a scexplain result (a dict with ``params["method"]``)."""
-    out = []
-    for k, v in adata.uns.items():
-        if isinstance(v, Mapping) and isinstance(v.get(Key.uns.params), Mapping) and "method" in v[Key.uns.params]:
-            out.append(str(k))
-    return sorted(out)
+    """Keys of ``adata.uns`` that hold a scexplain result."""
+    from .._store import is_result
+
+    return sorted(str(k) for k, v in adata.uns.items() if is_result(v))
 
 
 def _missing_key_message(adata: AnnData, key: str) -> str:
