@@ -156,10 +156,11 @@ def _bad_inputs(adata):
         (adata, model, {"output_names": ["a", "b"]}, ValueError, "output_names"),
         (adata, "not a model", {}, TypeError, "supported"),
         (adata[:0].copy(), model, {}, ValueError, "empty"),
+        (adata, model, {"random_state": "seed"}, TypeError, "random_state"),
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_bad_input_clear_error_and_adata_untouched(toy_adata, case, snapshot):
     adata, model, kwargs, err, match = _bad_inputs(toy_adata.copy())[case]
     before = snapshot(adata)

@@ -19,6 +19,7 @@ __all__ = [
     "Targets",
     "check_adata",
     "check_finite",
+    "check_seed",
     "dense_rows",
     "get_groups",
     "get_matrix",
@@ -75,6 +76,12 @@ def _isfinite(data):
     import dask.array as da
 
     return da.isfinite(data)
+
+
+def check_seed(random_state) -> None:
+    """Raise unless ``random_state`` is an integer or ``None``."""
+    if random_state is not None and (not isinstance(random_state, int | np.integer) or isinstance(random_state, bool)):
+        raise TypeError(f"`random_state` must be an integer or None, got {random_state!r}.")
 
 
 def dense_rows(X, rows: np.ndarray | slice | None = None, dtype=np.float64) -> np.ndarray:

@@ -110,7 +110,6 @@ def deep_shap(
     >>> adata.layers["deep_shap"].shape
     (200, 40)
     """
-    adapter_kwargs = {} if explain is None else {"explain": explain}
     return explain_cells(
         adata,
         model,
@@ -131,6 +130,5 @@ def deep_shap(
         copy=copy,
         progress=progress,
         keep_all=keep_all,
-        params={"explain": explain, "batch_size": int(batch_size)},
-        adapter_kwargs=adapter_kwargs,
+        explain=explain,
     )

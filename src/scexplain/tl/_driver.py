@@ -138,8 +138,8 @@ def explain_cells(
     copy: bool = False,
     progress: bool = True,
     keep_all: bool = False,
+    explain: str | None = None,
     params: dict[str, Any] | None = None,
-    adapter_kwargs: dict[str, Any] | None = None,
 ) -> AnnData | None:
     """Run a per-cell attribution method on every cell of ``adata`` and store the result.
 
@@ -153,10 +153,11 @@ def explain_cells(
         ``None`` when the method needs no background (then ``background`` is ignored).
     keep_all
         With ``target="all"`` or a list: also store ``layers[f"{key}_{output}"]`` for every explained output.
+    explain
+        scvi-tools models: ``"classifier"`` or ``"latent"``; passed to :func:`scexplain.models.adapt` (which
+        rejects it for other models) and stored in the params.
     params
         Method-specific parameters stored with the common ones.
-    adapter_kwargs
-        Passed to :func:`scexplain.models.adapt`.
     """
     import torch
 
@@ -166,8 +167,10 @@ def explain_cells(
     _inputs.check_adata(adata)
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    _inputs.check_seed(random_state)
     key = Key.default(method, key_added)
-    adapter = adapt(model, output_names=output_names, **(adapter_kwargs or {}))
+    adapter = adapt(model, output_names=output_names, **({} if explain is None else {"explain": explain}))
+    params = {"explain": explain, "batch_size": int(batch_size), **(params or {})}
     X, names = adapter.input_matrix(adata, layer=layer, use_raw=use_raw)
     _inputs.check_finite(X, "input matrix")
     latent = bool(getattr(adapter, "explains_latent", False))
@@ -220,7 +223,7 @@ def explain_cells(
                 "layer": layer,
                 "use_raw": bool(use_raw),
                 "target": target if isinstance(target, str) else [str(t) for t in target],
-                **(params or {}),
+                **params,
             },
         )
 
@@ -328,7 +331,7 @@ def explain_cells(
     result = _store.Result(
         method=method,
         key=key,
-        params={**common, **(params or {})},
+        params={**common, **params},
         layer=layer_values,
         obsm=obsm,
         varm=varm,

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from .._docs import doc_params
 from ._driver import EngineContext, EngineOutput, explain_cells
-from ._vargrad import NOISE_DOCS, check_seed
+from ._vargrad import NOISE_DOCS
 
 __all__ = ["integrated_gradients"]
 
@@ -168,7 +168,6 @@ def integrated_gradients(
     from ..engines.gradients import check_integration
 
     check_integration(n_steps, method)
-    check_seed(random_state)
     mode, background = _resolve_baseline(baseline, background)
     uses_background = mode != "zeros"
     return explain_cells(
@@ -191,7 +190,6 @@ def integrated_gradients(
         copy=copy,
         progress=progress,
         keep_all=keep_all,
-        params={"baseline": mode, "n_steps": int(n_steps), "integration_method": method, "explain": explain,
-                "batch_size": int(batch_size)},
-        adapter_kwargs={} if explain is None else {"explain": explain},
+        explain=explain,
+        params={"baseline": mode, "n_steps": int(n_steps), "integration_method": method},
     )

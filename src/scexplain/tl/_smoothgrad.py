@@ -9,7 +9,7 @@ from anndata import AnnData
 
 from .._docs import doc_params
 from ._driver import explain_cells
-from ._vargrad import NOISE_DOCS, check_seed, noise_engine, noise_params
+from ._vargrad import NOISE_DOCS, noise_engine, noise_params
 
 __all__ = ["smoothgrad"]
 
@@ -96,7 +96,6 @@ def smoothgrad(
     from ..engines.gradients import check_noise
 
     noise_level, stdev = check_noise(n_samples, noise_level, stdev)
-    check_seed(random_state)
     return explain_cells(
         adata,
         model,
@@ -117,7 +116,7 @@ def smoothgrad(
         copy=copy,
         progress=progress,
         keep_all=keep_all,
+        explain=explain,
         params={**noise_params(n_samples, noise_level, stdev), "square": bool(square),
-                "multiply_by_inputs": bool(multiply_by_inputs), "explain": explain, "batch_size": int(batch_size)},
-        adapter_kwargs={} if explain is None else {"explain": explain},
+                "multiply_by_inputs": bool(multiply_by_inputs)},
     )

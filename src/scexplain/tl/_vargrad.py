@@ -43,14 +43,6 @@ is explained in eval mode (rows independent) and restored afterwards.""",
 }
 
 
-def check_seed(random_state) -> None:
-    """Raise unless ``random_state`` is an integer or ``None``."""
-    import numpy as np
-
-    if random_state is not None and (not isinstance(random_state, int | np.integer) or isinstance(random_state, bool)):
-        raise TypeError(f"`random_state` must be an integer or None, got {random_state!r}.")
-
-
 def noise_engine(attribute: str, n_samples: int, noise_level, stdev, **options: Any) -> Callable:
     """Engine factory of a noise method: ``engines.gradients.<attribute>`` on per-cell seeded noise."""
 
@@ -157,7 +149,6 @@ def vargrad(
     if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
         raise ValueError(f"`ddof` must be a non-negative integer, got {ddof!r}.")
     noise_level, stdev = check_noise(n_samples, noise_level, stdev, min_samples=max(2, ddof + 1))
-    check_seed(random_state)
     estimator = "population variance E[g²] − E[g]²" if ddof == 0 else f"variance with ddof={ddof}"
     return explain_cells(
         adata,
@@ -178,7 +169,6 @@ def vargrad(
         copy=copy,
         progress=progress,
         keep_all=keep_all,
-        params={**noise_params(n_samples, noise_level, stdev), "ddof": ddof, "estimator": estimator,
-                "explain": explain, "batch_size": int(batch_size)},
-        adapter_kwargs={} if explain is None else {"explain": explain},
+        explain=explain,
+        params={**noise_params(n_samples, noise_level, stdev), "ddof": ddof, "estimator": estimator},
     )
