@@ -170,7 +170,6 @@ def explain_cells(
     _inputs.check_seed(random_state)
     key = Key.default(method, key_added)
     adapter = adapt(model, output_names=output_names, **({} if explain is None else {"explain": explain}))
-    params = {"explain": explain, "batch_size": int(batch_size), **(params or {})}
     X, names = adapter.input_matrix(adata, layer=layer, use_raw=use_raw)
     _inputs.check_finite(X, "input matrix")
     latent = bool(getattr(adapter, "explains_latent", False))
@@ -180,6 +179,15 @@ def explain_cells(
         if latent and groupby is not None and groupby not in adata.obs.columns:
             groupby = None  # latent mode: per-group summaries are optional (e.g. a query without labels)
     groups = _inputs.get_groups(adata, groupby)
+    params = {
+        "groupby": groupby,
+        "layer": layer,
+        "use_raw": bool(use_raw),
+        "target": target if isinstance(target, str) else [str(t) for t in target],
+        "explain": explain,
+        "batch_size": int(batch_size),
+        **(params or {}),
+    }
     dev, tdtype = resolve_device(device), resolve_dtype(dtype)
     np_dtype = np.float64 if tdtype == torch.float64 else np.float32
     bg = bg_idx = None
@@ -218,13 +226,7 @@ def explain_cells(
             copy=copy,
             progress=progress,
             keep_all=keep_all,
-            params={
-                "groupby": groupby,
-                "layer": layer,
-                "use_raw": bool(use_raw),
-                "target": target if isinstance(target, str) else [str(t) for t in target],
-                **params,
-            },
+            params=params,
         )
 
     n_obs = adata.n_obs
@@ -321,17 +323,10 @@ def explain_cells(
         varm = _inputs.group_means(layer_values, groups, adata.var_names)
         ranking = varm
         uns[Key.uns.group_mean_abs] = _inputs.group_means(np.abs(layer_values), groups, adata.var_names)
-    common = {
-        "groupby": groupby,
-        "layer": layer,
-        "use_raw": bool(use_raw),
-        "target": target if isinstance(target, str) else [str(t) for t in target],
-        **_run_params(model, bg, bg_idx, random_state, np_dtype, dev),
-    }
     result = _store.Result(
         method=method,
         key=key,
-        params={**common, **params},
+        params={**_run_params(model, bg, bg_idx, random_state, np_dtype, dev), **params},
         layer=layer_values,
         obsm=obsm,
         varm=varm,
@@ -477,11 +472,10 @@ def _explain_latent(
     if additivity is not None:
         obsm = pd.DataFrame(expected_cells, columns=[f"expected_value_{n}" for n in dim_names], index=adata.obs_names)
         obsm["relative_error"] = np.concatenate(check.rel)
-    common = _run_params(model, bg, bg_idx, random_state, np_dtype, device)
     result = _store.Result(
         method=method,
         key=key,
-        params={**common, **params, "explain": "latent"},
+        params={**_run_params(model, bg, bg_idx, random_state, np_dtype, device), **params, "explain": "latent"},
         layer=None,
         obsm=obsm,
         varm=None,
