@@ -429,6 +429,7 @@ def test_matches_shap_deep_explainer_with_log1p_rule(which, request):
     cov = adapter.covariates(ad, None)
     had = deep_pytorch.op_handler.get("_Log1p")
     deep_pytorch.op_handler["_Log1p"] = deep_pytorch.nonlinear_1d
+    before = set(model.module.state_dict())
     try:
         with adapter.explaining(torch.device("cpu"), torch.float64), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -443,6 +444,64 @@ def test_matches_shap_deep_explainer_with_log1p_rule(which, request):
             deep_pytorch.op_handler.pop("_Log1p", None)
         else:
             deep_pytorch.op_handler["_Log1p"] = had
+        for prefix, module in model.module.named_modules():  # shap leaves x / y parameters on the modules
+            for key in ("x", "y"):
+                if key in module._parameters and f"{prefix}.{key}".lstrip(".") not in before:
+                    del module._parameters[key]
+        assert set(model.module.state_dict()) == before
+
+
+def test_gpu_checkpoint_is_explained_on_cpu(syn, tmp_path, monkeypatch):
+    """A model saved on a GPU (its tensors tagged ``cuda:0`` in the checkpoint) loads and is explained on a CPU."""
+    model, ad = syn
+    model.save(str(tmp_path / "model"), overwrite=True, save_anndata=False)
+    path = tmp_path / "model" / "model.pt"
+    state = torch.load(path, weights_only=False)
+    with monkeypatch.context() as patch:  # what torch.save writes for tensors that live on a GPU
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=False)  # the file really places its tensors on a GPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = scvi.model.SCANVI.load(str(tmp_path / "model"), adata=ad.copy(), accelerator="cpu")
+    assert next(loaded.module.parameters()).device.type == "cpu"
+    cells = ad[:20].copy()
+    sx.tl.deep_shap(cells, loaded, background=ad[20 : 20 + N_BG].copy(), device="cpu", dtype="float64",
+                    progress=False)
+    assert cells.uns["deep_shap"]["additivity"]["max_relative_error"] <= TOL["float64"]
+    same = ad[:20].copy()
+    sx.tl.deep_shap(same, model, background=ad[20 : 20 + N_BG].copy(), device="cpu", dtype="float64",
+                    progress=False)
+    np.testing.assert_allclose(cells.layers["deep_shap"], same.layers["deep_shap"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("explain", ["classifier", "latent"])
+@pytest.mark.parametrize("which", ["syn", "pbmc"])
+def test_scanvi_is_explained_along_the_chain(which, explain, request, monkeypatch):
+    """From its first hidden layer to the logits (or latent means) scANVI is a chain of layers: multipliers are
+    propagated without the backward pass, and equal the backward pass's."""
+    import scexplain.engines.deeplift as engine
+    from scexplain.models import adapt
+
+    model, ad = request.getfixturevalue(which)
+    adapter = adapt(model, explain=explain)
+    X = np.asarray(adapter.input_matrix(ad, layer=None, use_raw=False)[0], dtype=np.float64)
+    cells = np.arange(10)
+    cov = adapter.covariates(ad, cells)
+    calls = []
+    real = engine._backward
+    with adapter.explaining(torch.device("cpu"), torch.float64):
+        x, bg = torch.as_tensor(X[cells]), torch.as_tensor(X[10 : 10 + N_BG])
+        n_out = adapter.forward(x, None if cov is None else cov.double()).shape[1]
+        classes = torch.arange(n_out).repeat(len(cells), 1)
+        slow = engine.deeplift_shap(adapter.forward, x, bg, classes, cov=cov, chain=False)
+        monkeypatch.setattr(engine, "_backward", lambda *args: calls.append(1) or real(*args))
+        fast = engine.deeplift_shap(adapter.forward, x, bg, classes, cov=cov)
+    assert not calls
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.gpu

@@ -361,9 +361,164 @@ def test_background_blocks_and_no_cache(monkeypatch):
     forward = _shortcut_models()["two-taps"]
     x, bg = _data(n=6, n_bg=7)
     ref = deeplift_shap(forward, x, bg, _classes(6))
-    monkeypatch.setattr(engine, "_BLOCK_ELEMENTS", 2 * H * G)  # products of 2 background cells per GEMM
-    monkeypatch.setattr(engine, "_CACHE_ELEMENTS", 0)
-    out = deeplift_shap(forward, x, bg, _classes(6), pair_budget=14)
+    monkeypatch.setattr(engine, "_BLOCK_ELEMENTS", 1)  # multipliers built one background cell at a time
+    out = deeplift_shap(forward, x, bg, _classes(6), pair_budget=14, cache=engine.BackgroundCache(max_elements=0))
+    for a, b in zip(out, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def _counts_like(n=6, n_bg=7):
+    """Cells and background with many zeros (and one all-zero background cell), as counts have."""
+    x, bg = _data(n=n, n_bg=n_bg, low=0.0, high=3.0)
+    x[x < 1.0] = 0.0
+    bg[bg < 1.5] = 0.0
+    bg[0] = 0.0
+    return x, bg
+
+
+def test_background_cache_is_shared_between_calls_and_checked(monkeypatch):
+    import scexplain.engines.deeplift as engine
+
+    built = []
+    real = engine._row_products
+    monkeypatch.setattr(engine, "_row_products", lambda *args: built.append(1) or real(*args))
+    forward = _shortcut_models()["log1p-mlp"]
+    x, bg = _counts_like()
+    ref = deeplift_shap(forward, x, bg, _classes(6))
+    cache = engine.BackgroundCache()
+    built.clear()
+    parts = [deeplift_shap(forward, x[i : i + 2], bg, _classes(2), cache=cache) for i in (0, 2, 4)]
+    assert len(built) == bg.shape[0]  # the products of each background cell are made once for all calls
+    for got, want in zip(zip(*parts, strict=True), ref, strict=True):
+        np.testing.assert_allclose(torch.cat(got), want, rtol=1e-12, atol=1e-13)
+    other = bg.flip(0)  # the same cache key with other values: recomputed, never served stale
+    built.clear()
+    out = deeplift_shap(forward, x, other, _classes(6), cache=cache)
+    assert len(built) == bg.shape[0]
+    for a, b in zip(out, deeplift_shap(forward, x, other, _classes(6)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dense_row", [0.0, 1.0])  # every non-zero background cell as a dense / a sparse row
+def test_sparse_and_dense_background_rows_agree(monkeypatch, dense_row):
+    import scexplain.engines.deeplift as engine
+
+    monkeypatch.setattr(engine, "_DENSE_ROW", dense_row)
+    forward = _shortcut_models()["log1p-mlp"]
+    x, bg = _counts_like()
+    fast = deeplift_shap(forward, x, bg, _classes(6))
+    generic = deeplift_shap(forward, x, bg, _classes(6), shortcut=False)
+    for a, b in zip(fast, generic, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --- multipliers along a chain of layers (no backward pass) --------------------------------------------------------
+def _batch_norm(width):
+    layer = nn.BatchNorm1d(width)
+    with torch.no_grad():
+        layer.running_mean.uniform_(-0.5, 0.5)
+        layer.running_var.uniform_(0.5, 2.0)
+        layer.weight.uniform_(0.5, 2.0)
+    return layer
+
+
+def _chain_models():
+    """Models whose path from the first nonlinearity to the output is a chain of single-input layers."""
+    torch.manual_seed(2)
+    encoder = nn.Sequential(nn.Linear(G, H), _batch_norm(H), nn.ReLU(), nn.Dropout(0.2)).double().eval()
+    latent = nn.Linear(H, 3).double()
+    classifier = nn.Sequential(nn.Linear(3, H), _batch_norm(H), nn.ReLU(), nn.Dropout(0.2), nn.Linear(H, 4))
+    classifier = classifier.double().eval()
+    lin_a, lin_b, wide = nn.Linear(G, H).double(), nn.Linear(H, 4).double(), nn.Linear(H + 1, 4).double()
+    w1, w2 = torch.randn(G, H, dtype=F64), torch.randn(H, 4, dtype=F64)
+    scale = torch.rand(H, dtype=F64) + 0.5
+    return {
+        # scANVI's classify: log1p, encoder, latent mean, classifier (FCLayers joins no covariates: cat of one)
+        "scanvi-like": lambda x, c: classifier(torch.cat((latent(encoder(torch.log1p(x))),), dim=-1)),
+        "covariates-at-a-hidden-layer": lambda x, c: wide(torch.cat([torch.tanh(lin_a(x)), c], dim=1)),
+        "per-pair-scale": lambda x, c: lin_b(torch.sigmoid(lin_a(x)) * (1.0 + c)),
+        "column-scale-and-shift": lambda x, c: lin_b(F.softplus(lin_a(x)) * scale - 0.3) / 2.0,
+        "matmul-mm": lambda x, c: torch.mm(torch.relu(x @ w1), w2),
+        "two-nonlinearities": lambda x, c: lin_b(torch.tanh(torch.relu(lin_a(x)) * 2.0)),
+        "linear-only": lambda x, c: lin_b(lin_a(x)),
+    }
+
+
+_CHAIN_CLASSES = {
+    "shared": _classes(5, (0, 3, 1)),
+    "per-cell": torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0], [1, 1]]),
+    "one": torch.tensor([[0], [1], [2], [3], [2]]),
+}
+
+
+def _count_backward(monkeypatch) -> list:
+    import scexplain.engines.deeplift as engine
+
+    calls = []
+    real = engine._backward
+    monkeypatch.setattr(engine, "_backward", lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
+@pytest.mark.parametrize("classes", list(_CHAIN_CLASSES))
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("name", list(_chain_models()))
+def test_chain_equals_backward_pass(name, shortcut, classes, monkeypatch):
+    forward = _chain_models()[name]
+    x, bg = _data(n=5, n_bg=7, low=0.0, high=3.0)
+    cov = torch.tensor([[0.0], [1.0], [2.0], [1.0], [0.5]], dtype=F64)
+    cls = _CHAIN_CLASSES[classes]
+    slow = deeplift_shap(forward, x, bg, cls, cov=cov, shortcut=shortcut, chain=False)
+    calls = _count_backward(monkeypatch)
+    fast = deeplift_shap(forward, x, bg, cls, cov=cov, shortcut=shortcut)
+    assert not calls  # along the chain, no backward pass
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert _rel_additivity(*fast) < 1e-10
+
+
+def _not_chains():
+    torch.manual_seed(3)
+    lin_a, lin_b = nn.Linear(G, H).double(), nn.Linear(H, 4).double()
+    inplace = nn.Sequential(nn.Linear(G, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(inplace=True), nn.Linear(H, 4))
+    return {
+        "softmax-output": lambda x, c: F.softmax(lin_b(torch.relu(lin_a(x))), dim=1),
+        "residual": lambda x, c: lin_b(torch.relu(lin_a(x)) + torch.tanh(lin_a(x))),
+        "product-of-branches": lambda x, c: lin_b(torch.tanh(lin_a(x)) * torch.sigmoid(lin_a(x) * 0.5)),
+        "in-place": lambda x, c: inplace.double()(x),
+    }
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("name", list(_not_chains()))
+def test_models_that_are_not_chains_use_the_backward_pass(name, shortcut, monkeypatch):
+    forward = _not_chains()[name]
+    x, bg = _data(n=5, n_bg=7)
+    calls = _count_backward(monkeypatch)
+    out = deeplift_shap(forward, x, bg, _classes(5, (0, 3)), shortcut=shortcut)
+    assert calls  # the values-only pass found no chain: the chunk was explained again with the backward pass
+    assert _rel_additivity(*out) < 1e-10
+    ref = deeplift_shap(forward, x, bg, _classes(5, (0, 3)), shortcut=shortcut, chain=False)
+    for a, b in zip(out, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("name", "grows"), [("scanvi-like", True), ("residual", False)])
+def test_chunks_grow_once_the_model_proved_a_chain(name, grows, monkeypatch):
+    import scexplain.engines.deeplift as engine
+
+    forward = {**_chain_models(), **_not_chains()}[name]
+    x, bg = _data(n=9, n_bg=7)
+    ref = deeplift_shap(forward, x, bg, _classes(9), pair_budget=1000)
+    monkeypatch.setattr(engine, "_CHUNK_ELEMENTS", (512 * 2 + 1024) * 14)  # the default budget: 14 pairs
+    first = engine._default_budget(G, 2, shortcut=True) // 7
+    grown = engine._default_budget(G, 2, shortcut=True, chain=True) // 7
+    assert (first, grown) == (2, 3)
+    sizes = []
+    real = engine._Chunk.__post_init__
+    monkeypatch.setattr(engine._Chunk, "__post_init__", lambda self: sizes.append(self.x.shape[0]) or real(self))
+    out = deeplift_shap(forward, x, bg, _classes(9))
+    assert sizes == ([2, 3, 3, 1] if grows else [2, 2, 2, 2, 1])
     for a, b in zip(out, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 

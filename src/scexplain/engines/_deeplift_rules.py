@@ -34,8 +34,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
 __all__ = [
-    "DIVISION", "Call", "DeepLiftMode", "Paired", "first_tensor", "inplace_base", "inplace_target", "is_metadata", "op_name",
-    "training_flag",
+    "DIVISION", "Call", "DeepLiftMode", "Paired", "first_tensor", "inplace_base", "inplace_target", "is_metadata",
+    "linear_layer", "op_name", "training_flag",
 ]
 
 Tensor = torch.Tensor
@@ -169,12 +169,13 @@ def graft(value: Tensor, carrier_x: Tensor, n_pairs: int) -> Halves:
 # --- rules: the exact value, with the DeepLIFT multiplier as gradient --------------------------------------------
 
 
-def rescale(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tensor | None = None, *,
-            piecewise_linear: bool = False) -> Halves:
-    """Rescale rule for ``value = fn(z)``, ``fn`` elementwise in ``z`` (it may broadcast against constants).
+def secant(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tensor | None = None, *,
+           piecewise_linear: bool = False) -> tuple[Tensor, Tensor]:
+    """``(y, m)``: the detached value ``y = fn(z)`` (``2P`` rows) and the rescale multiplier ``m = Δy / Δz``.
 
-    ``m = Δy / Δz``; where ``|Δz|`` is tiny relative to ``|z|`` (exactly 0 for a ``piecewise_linear`` ``fn``,
-    whose secant has no cancellation), the derivative at the pair's midpoint.
+    ``fn`` is elementwise in ``z`` (it may broadcast against constants). Where ``|Δz|`` is tiny relative to
+    ``|z|`` (exactly 0 for a ``piecewise_linear`` ``fn``, whose secant has no cancellation), ``m`` is the
+    derivative at the pair's midpoint.
     """
     p, zd = n_pairs, z.full
     yd = (fn(zd) if value is None else value).detach()
@@ -184,7 +185,19 @@ def rescale(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tens
     m = (yd[:p] - yd[p:]).div_(dz)
     if bool(close.any()):
         m = torch.where(close, _finite(_derivative(fn, (z1 + z2) * 0.5)).to(m.dtype), m)
-    return torch.addcmul(yd[:p], m, z.x - z1), yd[p:]
+    return yd, m
+
+
+def rescale(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tensor | None = None, *,
+            piecewise_linear: bool = False) -> Halves:
+    """Rescale rule for ``value = fn(z)`` (see :func:`secant`): the value, with gradient ``m``."""
+    yd, m = secant(fn, z, n_pairs, value, piecewise_linear=piecewise_linear)
+    return _carry(yd, m, z, n_pairs)
+
+
+def _carry(yd: Tensor, m: Tensor, z: Paired, n_pairs: int) -> Halves:
+    """``y`` with ``d y / d z = m`` on the cells' half."""
+    return torch.addcmul(yd[:n_pairs], m, z.x - z.full[:n_pairs]), yd[n_pairs:]
 
 
 def product(op: Callable[[Tensor, Tensor], Tensor], a: Paired, b: Paired, n_pairs: int,
@@ -297,6 +310,12 @@ class DeepLiftMode(TorchFunctionMode):
     tracker
         Optional object with ``owns(call)`` and ``handle(mode, call)``: the engine's first-layer shortcut, which
         takes over calls on the tensors it tracks.
+    tape
+        Optional :class:`~scexplain.engines._deeplift_chain.ChainTape`: receives the local linear map of every
+        op with one varying input (``Linear`` layers, per-column or per-pair scaling, rescale multipliers,
+        identities), so that the multipliers of a chain of layers can be propagated without autograd. With a
+        tape the mode computes values only: the common ops run once on the whole pair batch and no gradient
+        carriers are built (the caller runs the model again without a tape if it is not such a chain).
 
     Attributes
     ----------
@@ -304,10 +323,11 @@ class DeepLiftMode(TorchFunctionMode):
         Names of ops without a rule that touched a varying tensor, in order of first use.
     """
 
-    def __init__(self, n_pairs: int, tracker=None):
+    def __init__(self, n_pairs: int, tracker=None, tape=None):
         super().__init__()
         self.n_pairs = n_pairs
         self.tracker = tracker
+        self.tape = tape
         self.unruled: dict[str, None] = {}
         self._varying = WeakTensorKeyDictionary()  # tensor → True
         self._x = WeakTensorKeyDictionary()  # varying tensor → its cells' half with gradient
@@ -401,6 +421,8 @@ class DeepLiftMode(TorchFunctionMode):
         target = inplace_target(call)
         if target is None:
             return
+        if self.tape is not None:
+            self.tape.written()
         for t in (target, target._base):
             if t is not None and t in self._x:
                 del self._x[t]
@@ -452,6 +474,8 @@ class DeepLiftMode(TorchFunctionMode):
     def _halves(self, run: Callable[[dict[int, Tensor]], Tensor], x_args: dict[int, Tensor],
                 bg_args: dict[int, Tensor]) -> Tensor:
         """Run an op once per half of the pair batch, the background half without gradient."""
+        if self.tape is not None:  # values only: once on the whole batch
+            return self.mark(run({}))
         x = run(x_args)
         with torch.no_grad():
             bg = run(bg_args)
@@ -471,7 +495,30 @@ class DeepLiftMode(TorchFunctionMode):
                 bg_args[i] = t[p:].detach()
             elif (t.dim() == ndim and t.shape[0] != 1) or self.is_varying(t):
                 return None
-        return self._halves(call.run if func is None else partial(_run_with, call, func), x_args, bg_args)
+        run = call.run if func is None else partial(_run_with, call, func)
+        out = self._halves(run, x_args, bg_args)
+        if self.tape is not None and len(call.varying) == 1:
+            self._tape_elementwise_linear(call, run, x_args, out)
+        return out
+
+    def _tape_elementwise_linear(self, call: Call, run, x_args: dict[int, Tensor], out: Tensor) -> None:
+        """Record ``out = a ⊙ z + constants`` on the tape, with ``a`` probed.
+
+        ``a`` is per column, or per pair when another argument is row-aligned with the pair batch.
+        """
+        pos = call.varying[0]
+        z = call.leaves[pos]
+        if z.dim() != 2 or out.shape != z.shape:
+            return
+        with torch.no_grad():
+            if len(x_args) > 1:
+                x = x_args[pos]
+                ones, zeros = {**x_args, pos: torch.ones_like(x)}, {**x_args, pos: torch.zeros_like(x)}
+            else:
+                ones = {pos: z.new_ones(1, z.shape[1])}
+                zeros = {pos: z.new_zeros(1, z.shape[1])}
+            a = run(ones) - run(zeros)
+        self.tape.scale(out, z, a)
 
     def _matrix_product(self, call: Call) -> Tensor | None:
         """Linear layer / matmul / convolution of the pair batch per half; ``None`` if the input is not it."""
@@ -483,7 +530,12 @@ class DeepLiftMode(TorchFunctionMode):
         spatial = _CONV_DIMS.get(name)
         if z.dim() < 2 or z.shape[0] != 2 * p or (spatial is not None and z.dim() != spatial + 2):
             return None
-        return self._halves(call.run, {leaf: self.x_half(z)}, {leaf: z[p:].detach()})
+        out = self._halves(call.run, {leaf: self.x_half(z)}, {leaf: z[p:].detach()})
+        if self.tape is not None:
+            layer = linear_layer(call)
+            if layer is not None and layer[0] is z:
+                self.tape.matrix(out, z, layer[1])
+        return out
 
     def _linear(self, call: Call):
         """A linear op: row-wise ones run per half, which leaves the background half out of the backward pass."""
@@ -497,7 +549,30 @@ class DeepLiftMode(TorchFunctionMode):
             out = self._matrix_product(call)
         elif name in _ELEMENTWISE_LINEAR:
             out = self._rowwise(call)
-        return self._plain(call) if out is None else out
+        if out is not None:
+            return out
+        out = self._plain(call)
+        if self.tape is not None and len(call.varying) == 1 and isinstance(out, Tensor):
+            if name in _IDENTITY:
+                self.tape.identity(out, call.tensor())
+            elif name in _COLUMN_CATS:
+                self._tape_cat(call, out)
+        return out
+
+    def _tape_cat(self, call: Call, out: Tensor) -> None:
+        """Record a concatenation of one varying matrix with constants along the columns."""
+        tensors = call.args[0] if call.args else call.kwargs.get("tensors")
+        dim = 1 if call.name in {"hstack", "column_stack"} else _arg(call, "dim", 1, 0)
+        if not isinstance(tensors, list | tuple) or out.dim() != 2 or dim not in (1, -1):
+            return
+        start = 0
+        for t in tensors:
+            if t is call.tensor():
+                self.tape.columns(out, t, start)
+                return
+            if not isinstance(t, Tensor) or t.dim() != 2:
+                return
+            start += t.shape[1]
 
     def _batch_norm(self, call: Call):
         """Eval-mode batch norm as the affine map it is (its own backward has no batched rule: slow under vmap)."""
@@ -521,8 +596,13 @@ class DeepLiftMode(TorchFunctionMode):
             z = call.tensor()
             self._check_paired(z, name)
             pos = call.varying[0]
-            return self.join(rescale(lambda t: call.run({pos: t}), self.paired(z), p, call.run(),
-                                     piecewise_linear=name in PIECEWISE_LINEAR))
+            pz = self.paired(z)
+            yd, m = secant(lambda t: call.run({pos: t}), pz, p, call.run(), piecewise_linear=name in PIECEWISE_LINEAR)
+            if self.tape is None:
+                return self.join(_carry(yd, m, pz, p))
+            out = self.mark(yd)  # values only
+            self.tape.scale(out, z, m)
+            return out
         if len(call.varying) != 2:
             raise Unruled(name)
         (ia, ib), (a, b) = call.varying, (call.tensor(0), call.tensor(1))
@@ -621,6 +701,13 @@ DIVISION = frozenset({"div", "divide", "true_divide"})
 #: matrix products of the pair batch: name → position of the row-indexed input
 _ROW_INPUT = {"linear": 0, "matmul": 0, "mm": 0, "bmm": 0, "addmm": 1, "conv1d": 0, "conv2d": 0, "conv3d": 0}
 _CONV_DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+#: ops that keep the values of their one varying input (when the shape is kept; dropout in eval mode)
+_IDENTITY = frozenset(
+    """dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout contiguous clone positive to type
+    type_as float double view view_as reshape reshape_as flatten squeeze""".split()
+)
+#: concatenations that may join a varying matrix with constants along the columns
+_COLUMN_CATS = frozenset({"cat", "concat", "concatenate", "hstack", "column_stack"})
 #: linear elementwise ops (with row-aligned or row-broadcast arguments)
 _ELEMENTWISE_LINEAR = frozenset(
     "add sub subtract rsub neg negative positive mul multiply div divide true_divide".split()
@@ -725,3 +812,24 @@ def _out_of_place(call: Call) -> tuple[Call, Tensor] | None:
         args, kwargs = bound.args, bound.kwargs
     leaves, spec = tree_flatten((args, kwargs))
     return Call(func, name, args, kwargs, leaves, spec), target
+
+
+def linear_layer(call: Call) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """``(input, weight K × D, bias)`` of ``linear`` / ``addmm`` / ``matmul`` / ``mm`` with a constant matrix."""
+    name, args, kwargs = call.name, call.args, call.kwargs
+    if not args:
+        return None
+    if name == "linear":
+        x, weight = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+        bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+    elif name == "addmm" and not ({"beta", "alpha"} & set(kwargs)) and len(args) == 3:
+        bias, x, weight = args[0], args[1], args[2].T
+    elif name in {"matmul", "mm"} and len(args) == 2 and not kwargs:
+        (x, weight), bias = args, None
+        weight = weight.T if isinstance(weight, Tensor) else weight
+    else:
+        return None
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or (bias is not None and (
+            not isinstance(bias, Tensor) or bias.dim() > 1)):
+        return None
+    return x, weight, bias

@@ -15,12 +15,14 @@ __all__ = ["deep_shap"]
 
 def _deeplift_engine(pair_budget: int | None):
     def factory(ctx: EngineContext):
-        from ..engines.deeplift import deeplift_shap
+        from ..engines.deeplift import BackgroundCache, deeplift_shap
 
         kwargs = {} if pair_budget is None else {"pair_budget": pair_budget}
+        cache = BackgroundCache()  # the background's first-layer products, shared by the chunks of cells
 
         def engine(x, cov, classes) -> EngineOutput:
-            attr, fx, ref = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, **kwargs)
+            attr, fx, ref = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, cache=cache,
+                                          **kwargs)
             return EngineOutput(attributions=attr, output=fx, reference=ref)
 
         return engine
@@ -41,7 +43,7 @@ def deep_shap(
     n_background: int = 100,
     output_names: Sequence[str] | None = None,
     explain: Literal["classifier", "latent"] | None = None,
-    batch_size: int = 64,
+    batch_size: int = 128,
     pair_budget: int | None = None,
     keep_all: bool = False,
     device: str = "auto",
