@@ -503,6 +503,28 @@ def test_models_that_are_not_chains_use_the_backward_pass(name, shortcut, monkey
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_cache_remembers_a_model_that_is_not_a_chain(monkeypatch):
+    import scexplain.engines.deeplift as engine
+
+    forward = _not_chains()["softmax-output"]
+    x, bg = _data(n=4, n_bg=5)
+    cache = engine.BackgroundCache()
+    runs = []
+    real = engine._Shortcut.run
+    monkeypatch.setattr(engine._Shortcut, "run", lambda self, f, chunk, chain: runs.append(chain) or real(
+        self, f, chunk, chain))
+    first = deeplift_shap(forward, x, bg, _classes(4), cache=cache)
+    assert runs == [True, False] and cache.chain is False  # tried along a chain, then the backward pass
+    runs.clear()
+    second = deeplift_shap(forward, x, bg, _classes(4), cache=cache)
+    assert runs == [False]  # straight to the backward pass
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    chained = engine.BackgroundCache()
+    deeplift_shap(_chain_models()["scanvi-like"], x, bg, _classes(4), cache=chained)
+    assert chained.chain is True
+
+
 @pytest.mark.parametrize(("name", "grows"), [("scanvi-like", True), ("residual", False)])
 def test_chunks_grow_once_the_model_proved_a_chain(name, grows, monkeypatch):
     import scexplain.engines.deeplift as engine

@@ -159,8 +159,8 @@ def deeplift_shap(
             try:
                 budget = pair_budget or _default_budget(n_genes, n_classes, shortcut=True)
                 grown = None if pair_budget else _default_budget(n_genes, n_classes, shortcut=True, chain=True)
-                shortcut_state = _Shortcut(BackgroundCache() if cache is None else cache)
-                result, unruled = _explain(forward, x, background, classes, cov, budget, shortcut_state, chain,
+                cache = BackgroundCache() if cache is None else cache
+                result, unruled = _explain(forward, x, background, classes, cov, budget, _Shortcut(cache), chain,
                                            grown)
             except _NoShortcut as why:
                 logger.debug("deeplift_shap: generic path (%s)", why)
@@ -267,6 +267,8 @@ def _explain(forward, x, background, classes, cov, budget: int, shortcut: _Short
     less memory per pair than the backward pass).
     """
     n, n_bg = x.shape[0], background.shape[0]
+    memory = None if shortcut is None else shortcut.cache
+    chain = chain and not (memory is not None and memory.chain is False)
     block = min(n_bg, budget)
     cells = max(1, budget // block)
     phi = x.new_zeros(n, classes.shape[1], x.shape[1])
@@ -293,6 +295,8 @@ def _explain(forward, x, background, classes, cov, budget: int, shortcut: _Short
             if chain and chain_budget is not None and block == n_bg:
                 cells = max(cells, chain_budget // block)
         i0 = i1
+    if memory is not None:
+        memory.chain = chain
     return (phi.div_(n_bg), f_x.div_(n_bg), f_bg.div_(n_bg)), unruled
 
 
@@ -432,7 +436,8 @@ class BackgroundCache:
 
     Pass one instance to the calls of :func:`deeplift_shap` that share a background (e.g. the chunks of cells of
     one ``tl.deep_shap`` call). An entry is used only if the layer's weights and the background values it was
-    made from are equal to the current ones, so a stale entry is never used.
+    made from are equal to the current ones, so a stale entry is never used. It also remembers whether the model
+    turned out not to be a chain of layers (:attr:`chain`), so that later calls go straight to the backward pass.
 
     Parameters
     ----------
@@ -443,6 +448,8 @@ class BackgroundCache:
 
     def __init__(self, max_elements: int | None = None):
         self.max_elements = _CACHE_ELEMENTS if max_elements is None else max_elements
+        #: whether the last call explained the model along a chain of layers (``None``: not known yet)
+        self.chain: bool | None = None
         self._entries: dict = {}
         self._size = 0
 
