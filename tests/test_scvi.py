@@ -188,6 +188,30 @@ def test_additivity(which, target, dtype, request):
     assert ad.layers["deep_shap"].shape == ad.shape
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_layer_norm_models_sum_to_delta(dtype):
+    """The scArches-style setup (layer norm instead of batch norm, two hidden layers): LayerNorm has its rule."""
+    from scexplain.engines.deeplift import DeepLiftWarning
+
+    _quiet()
+    scvi.settings.seed = 0
+    ad = _synthetic(2)
+    train = ad.copy()
+    scvi.model.SCANVI.setup_anndata(train, layer="counts", labels_key="labels", unlabeled_category="Unknown",
+                                    batch_key="batch")
+    model = _train(scvi.model.SCANVI(train, n_latent=4, n_hidden=16, n_layers=2, use_layer_norm="both",
+                                     use_batch_norm="none", encode_covariates=True))
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.module.modules())
+    for explain in ("classifier", "latent"):
+        cells = ad[:30].copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeepLiftWarning)
+            sx.tl.deep_shap(cells, model, explain=explain, target="all", n_background=N_BG, dtype=dtype,
+                            progress=False)
+        add = cells.uns["deep_shap"]["additivity"]
+        assert add["max_relative_error"] <= TOL[dtype], (explain, add)
+
+
 def test_covariates_held_at_the_cells_values(syn):
     """Σφ = f(x, c) − mean_b f(x_b, c) with the cell's own covariates for its background pairs."""
     from scexplain.models import adapt

@@ -68,6 +68,9 @@ MODULES = {
     "hardshrink": nn.Hardshrink(0.2), "threshold": nn.Threshold(0.1, -1.0), "prelu": nn.PReLU(H, 0.2),
     "relu_inplace": nn.ReLU(inplace=True), "leaky_relu_inplace": nn.LeakyReLU(0.2, inplace=True),
     "elu_inplace": nn.ELU(inplace=True),
+    "layer_norm": nn.LayerNorm(H), "layer_norm_no_affine": nn.LayerNorm(H, elementwise_affine=False),
+    "rms_norm": nn.RMSNorm(H), "layer_norm_2d": nn.Sequential(nn.Unflatten(1, (3, 4)), nn.LayerNorm((3, 4)),
+                                                              nn.Flatten()),
 }
 
 FUNCTIONAL = {
@@ -82,6 +85,8 @@ FUNCTIONAL = {
     "torch.pow": lambda h: torch.pow(h, 3), "2**h": lambda h: 2**h, "torch.clamp": lambda h: torch.clamp(h, -0.3, 0.4),
     "Tensor.clamp_min": lambda h: h.clamp_min(0.1), "torch.maximum(h, c)": lambda h: torch.maximum(h, torch.zeros(H)),
     "torch.erf": torch.erf, "torch.atan": torch.atan,
+    "F.layer_norm": lambda h: F.layer_norm(h, (H,), eps=1e-3), "torch.layer_norm": lambda h: torch.layer_norm(h, [H]),
+    "F.rms_norm": lambda h: F.rms_norm(h, (H,), torch.linspace(0.5, 2.0, H, dtype=h.dtype)),
     # in place
     "F.relu(inplace)": lambda h: F.relu(h, inplace=True), "torch.relu_": torch.relu_,
     "Tensor.relu_": lambda h: h.relu_(), "Tensor.exp_": lambda h: h.exp_(), "Tensor.sigmoid_": lambda h: h.sigmoid_(),
@@ -607,13 +612,13 @@ def test_functional_log1p_is_intercepted_where_captum_is_not():
 
 
 # --- ops without a rule, robustness, determinism -------------------------------------------------------------------
-def test_layer_norm_is_named_in_a_warning():
+def test_an_op_without_a_rule_is_named_in_a_warning():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(G, H), nn.LayerNorm(H), nn.ReLU(), nn.Linear(H, 3)).double().eval()
+    net = nn.Sequential(nn.Linear(G, H), nn.GroupNorm(3, H), nn.ReLU(), nn.Linear(H, 3)).double().eval()
     x, bg = _data()
-    with pytest.warns(DeepLiftWarning, match="layer_norm") as record:
+    with pytest.warns(DeepLiftWarning, match="group_norm") as record:
         phi, _, _ = deeplift_shap(lambda x, c: net(x), x, bg, _classes(5))
-    assert [w.message.op for w in record if issubclass(w.category, DeepLiftWarning)] == ["layer_norm"]
+    assert [w.message.op for w in record if issubclass(w.category, DeepLiftWarning)] == ["group_norm"]
     assert np.isfinite(phi.numpy()).all()
 
 

@@ -9,9 +9,10 @@ the forward value is the exact one, and the gradient is the DeepLIFT multiplier,
 
 with ``m = (h(z) - h(z_partner)) / (z - z_partner)`` shared by both partners ("rescale"). Products of two varying
 tensors use the Shapley split ``Δ(ab) = b̄·Δa + ā·Δb`` (bars: pair means); softmax, log-softmax and logsumexp are
-shift (a constant shared by both partners), exp, sum and divide; max and max-pooling route ``Δmax`` through the
-positions that are the maximum in either partner. Linear ops keep their own gradient. An op without a rule that
-touches a varying tensor is computed normally and its name recorded in :attr:`DeepLiftMode.unruled`.
+shift (a constant shared by both partners), exp, sum and divide; layer norm and RMS norm are mean, shift, square,
+rsqrt and products; max and max-pooling route ``Δmax`` through the positions that are the maximum in either
+partner. Linear ops keep their own gradient. An op without a rule that touches a varying tensor is computed
+normally and its name recorded in :attr:`DeepLiftMode.unruled`.
 
 "Varying" means derived from the explained input: the mode tracks such tensors itself (parameters that require
 grad are constants).
@@ -89,6 +90,8 @@ PIECEWISE_LINEAR = frozenset(
     minimum fmax fmin softshrink hardshrink sign sgn floor ceil round trunc""".split()
 )
 SOFTMAX = frozenset("softmax log_softmax softmin logsumexp".split())
+#: normalisations over the last dims: name → positional order of (weight, bias, eps) after (input, normalized_shape)
+NORMS = {"layer_norm": ("weight", "bias", "eps"), "rms_norm": ("weight", "eps")}
 MAX_POOL = re.compile(r"^(adaptive_)?max_pool([123])d(_with_indices)?$")
 REDUCE_MAX = frozenset("max min amax amin".split())
 #: name → (position of the ``training`` flag, its default)
@@ -232,6 +235,21 @@ def softmax_like(z: Paired, dims: tuple[int, ...], n_pairs: int, kind: str) -> P
     if kind == "log_softmax":
         return Paired(s.x - log_total.x, s.full - log_total.full)
     return Paired(log_total.x + c, log_total.full + shift)
+
+
+def norm_like(z: Paired, dims: tuple[int, ...], n_pairs: int, eps: float, *, center: bool) -> Paired:
+    """Gradient carrier of layer norm (``center``) or RMS norm without its affine map.
+
+    ``c = z − mean(z)`` (linear), ``v = mean(c · c) + eps`` (product rule: ``Δ(c²) = 2c̄·Δc``), ``s = rsqrt(v)``
+    (rescale) and ``c · s`` (product rule): each step sums to its delta, so the composite does.
+    """
+    p = n_pairs
+    c = z
+    if center:
+        c = Paired(z.x - z.x.mean(dims, keepdim=True), z.full - z.full.mean(dims, keepdim=True))
+    square = _joined(product(torch.mul, c, c, p))
+    v = Paired(square.x.mean(dims, keepdim=True) + eps, square.full.mean(dims, keepdim=True) + eps)
+    return _joined(product(torch.mul, c, _joined(rescale(torch.rsqrt, v, p)), p))
 
 
 def select(z: Paired, value: Tensor, index: Tensor, dim: int, n_pairs: int, largest: bool) -> Halves:
@@ -446,6 +464,8 @@ class DeepLiftMode(TorchFunctionMode):
             return self._inplace_aware(call, self._elementwise)
         if name in SOFTMAX:
             return self._softmax(call)
+        if name in NORMS:
+            return self._norm(call)
         if MAX_POOL.match(name):
             return self._max_pool(call)
         if name in REDUCE_MAX:
@@ -644,6 +664,28 @@ class DeepLiftMode(TorchFunctionMode):
         if logsumexp and not _arg(call, "keepdim", 2, False):
             carrier = carrier.squeeze(dims)
         return self.join(graft(value, carrier, self.n_pairs))
+
+    def _norm(self, call: Call):
+        """Layer / RMS norm as mean, shift, square, rsqrt and product rules (exact summation to delta)."""
+        if len(call.varying) != 1 or call.varying[0] != first_tensor(call):
+            raise Unruled(call.name)
+        z = call.tensor()
+        self._check_paired(z, call.name)
+        named = dict(zip(("input", "normalized_shape", *NORMS[call.name]), call.args, strict=False)) | call.kwargs
+        shape = named.get("normalized_shape")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape or ())
+        if not shape or len(shape) >= z.dim():
+            raise Unruled(f"{call.name} (over the cells)")
+        dims = tuple(range(z.dim() - len(shape), z.dim()))
+        eps = named.get("eps", 1e-5 if call.name == "layer_norm" else None)  # the defaults of F.layer_norm, F.rms_norm
+        eps = float(torch.finfo(z.dtype).eps) if eps is None else float(eps)
+        carrier = norm_like(self.paired(z), dims, self.n_pairs, eps, center=call.name == "layer_norm").x
+        weight, bias = named.get("weight"), named.get("bias")
+        if weight is not None:
+            carrier = carrier * weight
+        if bias is not None:
+            carrier = carrier + bias
+        return self.join(graft(call.run(), carrier, self.n_pairs))
 
     def _max_pool(self, call: Call):
         match = MAX_POOL.match(call.name)

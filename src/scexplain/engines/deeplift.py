@@ -63,8 +63,8 @@ Tensor = torch.Tensor
 _CHUNK_ELEMENTS = 2**26
 #: largest block of multipliers built at once for the first-layer shortcut, in elements (2**21 float32 = 8 MiB)
 _BLOCK_ELEMENTS = 2**21
-#: largest cache of first-layer products ``u_b[g] · W[k, g]`` kept across chunks, in elements (2**26 float32 = 256 MiB; scANVI on
-#: pbmc68k with 557 background cells needs 557 · 128 · 765 ≈ 2**25.7)
+#: largest cache of first-layer products ``u_b[g] · W[k, g]`` kept across chunks, in elements (2**26 float32 =
+#: 256 MiB; scANVI on pbmc68k counts with 557 background cells needs 128 · 139 000 expressed genes ≈ 2**24.1)
 _CACHE_ELEMENTS = 2**26
 
 
@@ -72,7 +72,7 @@ class DeepLiftWarning(UserWarning):
     """An op with no DeepLIFT rule was applied to a tensor derived from the explained input.
 
     It was computed with its ordinary gradient, so attributions may not sum to ``f(x) − mean_b f(b)``; the
-    additivity error measures by how much. ``op`` holds the op's name (e.g. ``"layer_norm"``).
+    additivity error measures by how much. ``op`` holds the op's name (e.g. ``"group_norm"``).
     """
 
     def __init__(self, message: str, op: str | None = None):
@@ -130,7 +130,7 @@ def deeplift_shap(
     Warns
     -----
     DeepLiftWarning
-        Once per call for each op without a rule (e.g. ``layer_norm``) that touched the input's computation.
+        Once per call for each op without a rule (e.g. ``group_norm``) that touched the input's computation.
 
     Examples
     --------
@@ -406,8 +406,8 @@ class _Hidden:
 class _Tap:
     """Where the multipliers are taken.
 
-    The cells' half of a hidden layer (a leaf with gradient), its ``weights`` (see :class:`_Hidden`) and the
-    varying pair-batch tensor (``full``) it is part of.
+    The cells' half of a hidden layer (``leaf``: with gradient for the backward pass), its ``weights`` (see
+    :class:`_Hidden`) and the varying pair-batch tensor (``full``) it is part of.
     """
 
     leaf: Tensor

@@ -59,7 +59,7 @@ def deep_shap(
     background, so that for each cell and explained output the attributions sum to f(x) − mean_b f(b)
     ("summation to delta"). Every nonlinearity gets its rule whether it is an ``nn.Module`` or a functional call
     (``torch.log1p``, ``F.relu``, ``x.exp()``, softmax as shift/exp/sum/divide); an op without a rule (e.g.
-    LayerNorm) is named in a warning and its effect shows in the additivity summary. The model is explained in
+    GroupNorm) is named in a warning and its effect shows in the additivity summary. The model is explained in
     eval mode and restored afterwards.
 
     Parameters
