@@ -467,12 +467,13 @@ class BackgroundCache:
             self._size -= hit[3]
         # on a GPU every row is dense: one GEMM per row, and no index_add_ (whose CUDA sums are not deterministic)
         dense_row = _DENSE_ROW if u_bg.device.type == "cpu" else 0.0
-        nonzero = (u_bg != 0).sum(1)
-        width = torch.where(nonzero > dense_row * u_bg.shape[1], u_bg.shape[1], nonzero)
-        size = int(width.sum()) * w.shape[0]
+        counts = (u_bg != 0).sum(1).tolist()
+        sparse = [0 < c <= dense_row * u_bg.shape[1] for c in counts]
+        size = sum(c if s else (u_bg.shape[1] if c else 0) for c, s in zip(counts, sparse, strict=True)) * w.shape[0]
+        rows = zip(u_bg, counts, sparse, strict=True)
         if self._size + size > self.max_elements:
-            return (_row_products(u, w, dense_row) for u in u_bg)
-        products = [_row_products(u, w, dense_row) for u in u_bg]
+            return (_row_products(u, w, c, s) for u, c, s in rows)
+        products = [_row_products(u, w, c, s) for u, c, s in rows]
         self._entries[key] = (w, u_bg, products, size)
         self._size += size
         return products
@@ -482,12 +483,13 @@ class BackgroundCache:
 _DENSE_ROW = 0.5
 
 
-def _row_products(u_b: Tensor, w: Tensor, dense_row: float) -> tuple[Tensor | None, Tensor | None]:
-    genes = u_b.nonzero().squeeze(1)
-    if genes.numel() == 0:
+def _row_products(u_b: Tensor, w: Tensor, count: int, sparse: bool) -> tuple[Tensor | None, Tensor | None]:
+    """``(genes, u_b[genes] · w[:, genes])`` of one background row with ``count`` non-zero genes."""
+    if count == 0:
         return None, None
-    if genes.numel() > dense_row * u_b.shape[0]:
+    if not sparse:
         return None, w * u_b
+    genes = u_b.nonzero().squeeze(1)
     return genes, w[:, genes] * u_b[genes]
 
 
