@@ -267,6 +267,24 @@ def test_unlabeled_cells_use_the_predicted_class(pbmc):
     assert np.asarray(ad.uns["deep_shap"]["expected_value"]).shape == (len(names),)
 
 
+def test_query_without_the_labels_column_explains_the_prediction(pbmc, caplog):
+    model, ad = pbmc
+    query = ad[:24].copy()
+    del query.obs["cell_type"]
+    bg = ad[60 : 60 + N_BG].copy()
+    with caplog.at_level(logging.INFO, logger="scexplain"):
+        sx.tl.deep_shap(query, model, background=bg, dtype="float64", progress=False)
+    assert "explaining each cell's predicted class" in caplog.text
+    predicted = ad[:24].copy()
+    sx.tl.deep_shap(predicted, model, background=bg, target="predicted", groupby=None, dtype="float64",
+                    progress=False)
+    np.testing.assert_array_equal(query.layers["deep_shap"], predicted.layers["deep_shap"])
+    params = query.uns["deep_shap"]["params"]
+    assert params["target"] == "predicted" and params["groupby"] is None and "deep_shap" not in query.varm
+    with pytest.raises(ValueError, match="not a column"):  # a groupby the user names must exist
+        sx.tl.deep_shap(query, model, groupby="cell_type", background=bg, progress=False)
+
+
 def test_query_with_reordered_genes_gives_the_same_attributions(syn):
     model, ad = syn
     ref = ad[:24].copy()

@@ -15,7 +15,9 @@ PARAMS: dict[str, str] = {
     Annotated data matrix (cells × genes).""",
     "groupby": """groupby
     Column of ``adata.obs`` with each cell's class; needed for ``target="label"``, for the stratified background
-    and for the per-group summaries (``varm[key]``, rankings).""",
+    and for the per-group summaries (``varm[key]``, rankings). ``None`` with an scvi-tools model: the model's
+    labels key; a query AnnData without that column gets no per-group summaries, and ``target="label"`` then
+    explains each cell's predicted class (as for cells in the unlabeled category).""",
     "layer": """layer
     Key of ``adata.layers`` holding the model's input; ``None`` uses ``adata.X``.""",
     "use_raw": """use_raw

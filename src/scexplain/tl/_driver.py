@@ -176,8 +176,14 @@ def explain_cells(
     latent_classes = _latent_targets(adapter, target) if latent else None
     if groupby is None:
         groupby = adapter.default_groupby
-        if latent and groupby is not None and groupby not in adata.obs.columns:
-            groupby = None  # latent mode: per-group summaries are optional (e.g. a query without labels)
+        if groupby is not None and groupby not in adata.obs.columns:
+            # a query without the model's labels column: no per-group summaries, and every cell is unlabeled,
+            # so target="label" explains each cell's predicted class (as for cells in the unlabeled category)
+            if not latent and isinstance(target, str) and target == "label":
+                logger.info("adata.obs has no %r (the model's labels): explaining each cell's predicted class.",
+                            groupby)
+                target = "predicted"
+            groupby = None
     groups = _inputs.get_groups(adata, groupby)
     params = {
         "groupby": groupby,
