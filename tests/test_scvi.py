@@ -285,6 +285,53 @@ def test_query_without_the_labels_column_explains_the_prediction(pbmc, caplog):
         sx.tl.deep_shap(query, model, groupby="cell_type", background=bg, progress=False)
 
 
+@pytest.mark.parametrize("save_anndata", [True, False])
+def test_cli_explains_a_saved_model_on_a_query_without_labels(syn, tmp_path, save_anndata):
+    from scexplain.cli import main
+
+    model, ad = syn
+    folder = tmp_path / "model"
+    model.save(str(folder), save_anndata=save_anndata)
+    query = ad[10:40].copy()
+    del query.obs["labels"]
+    path_in, path_out = tmp_path / "query.h5ad", tmp_path / "out.h5ad"
+    query.write_h5ad(path_in)
+    rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(folder), "--n-background", "12",
+               "--dtype", "float64"])
+    assert rc == 0
+    out = anndata.read_h5ad(path_out)
+    expected = query.copy()
+    sx.tl.deep_shap(expected, model, n_background=12, dtype="float64", progress=False)
+    np.testing.assert_array_equal(out.layers["deep_shap"], expected.layers["deep_shap"])
+    assert out.uns["deep_shap"]["additivity"]["max_relative_error"] <= TOL["float64"]
+    # loading the model registered nothing in the explained data: no _scvi columns, no random UUIDs
+    assert not [c for c in out.obs.columns if c.startswith("_scvi")]
+    assert not [k for k in out.uns if k.startswith("_scvi")]
+    assert_adata_equal(anndata.read_h5ad(path_in), query)
+
+
+def test_cli_latent_of_a_saved_scvi_model_and_a_folder_that_is_not_one(syn_scvi, tmp_path, capsys):
+    from scexplain.cli import main
+
+    model, ad = syn_scvi
+    folder = tmp_path / "scvi"
+    model.save(str(folder), save_anndata=False)
+    path_in, path_out = tmp_path / "cells.h5ad", tmp_path / "out.h5ad"
+    ad[:24].copy().write_h5ad(path_in)
+    rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(folder), "--explain", "latent",
+               "--n-background", "10", "--dtype", "float64"])
+    assert rc == 0
+    out = anndata.read_h5ad(path_out)
+    assert out.varm["deep_shap_latent"].shape[0] == out.n_vars
+    assert out.uns["deep_shap"]["additivity"]["max_relative_error"] <= TOL["float64"]
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    rc = main(["deep-shap", "-i", str(path_in), "-o", str(tmp_path / "o2.h5ad"), "--model", str(empty)])
+    assert rc == 1
+    assert "not a saved scvi-tools model" in capsys.readouterr().err
+    assert not (tmp_path / "o2.h5ad").exists()
+
+
 def test_query_with_reordered_genes_gives_the_same_attributions(syn):
     model, ad = syn
     ref = ad[:24].copy()

@@ -10,7 +10,7 @@ from typing import Any
 from ..cli import add_io_arguments, check_io_paths, write_h5ad_atomic
 
 
-def load_model(path: str, adata):
+def load_model(path: str):
     """A torch module saved with ``torch.save(module, path)``, or an scvi-tools model folder (SCANVI/SCVI).
 
     ``torch.load(..., weights_only=False)`` unpickles the module: only load model files you trust.
@@ -18,16 +18,10 @@ def load_model(path: str, adata):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"Model {path!r} does not exist.")
-    if p.is_dir():
-        from .._optional import import_optional
+    if p.is_dir():  # loaded with its own data: the AnnData to explain is read, never registered or modified
+        from ..models._scvi_load import load_scvi_model
 
-        scvi = import_optional("scvi", purpose="loading scvi-tools models")
-        for cls in (scvi.model.SCANVI, scvi.model.SCVI):
-            try:
-                return cls.load(str(p), adata=adata, accelerator="cpu")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-        raise ValueError(f"{path!r} is a folder but not a saved SCANVI or SCVI model.")
+        return load_scvi_model(p)
     import torch
 
     model = torch.load(p, map_location="cpu", weights_only=False)
@@ -72,7 +66,7 @@ def run_model_explainer(args: argparse.Namespace, explainer: Callable[..., Any],
 
     check_io_paths(args.input, args.output)
     adata = ad.read_h5ad(args.input)
-    model = load_model(args.model, adata)
+    model = load_model(args.model)
     explainer(
         adata,
         model,
