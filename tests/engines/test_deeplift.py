@@ -482,6 +482,19 @@ def test_chain_equals_backward_pass(name, shortcut, classes, monkeypatch):
     assert _rel_additivity(*fast) < 1e-10
 
 
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("name", list(_shortcut_models()))
+def test_chain_or_fallback_equals_backward_pass_on_every_shortcut_model(name, shortcut):
+    forward = _shortcut_models()[name]
+    x, bg = _data(n=5, n_bg=7, low=0.0, high=3.0)
+    cov = torch.tensor([[0.0], [1.0], [2.0], [1.0], [0.0]], dtype=F64)
+    classes = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 0], [1, 2]])
+    fast = deeplift_shap(forward, x, bg, classes, cov=cov, shortcut=shortcut)
+    slow = deeplift_shap(forward, x, bg, classes, cov=cov, shortcut=shortcut, chain=False)
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def _not_chains():
     torch.manual_seed(3)
     lin_a, lin_b = nn.Linear(G, H).double(), nn.Linear(H, 4).double()
