@@ -9,6 +9,7 @@ from scipy import sparse
 
 import scexplain as sx
 from _helpers import assert_adata_equal
+from scexplain._results import get_result
 
 
 def _linear(n_genes, n_out, seed=0):
@@ -46,8 +47,11 @@ def test_storage_layout_and_round_trip(adata, tmp_path):
     model = _linear(adata.n_vars, 4)
     sx.tl.deep_shap(adata, model, groupby="cell_type", layer="lognorm", n_background=20, progress=False)
     groups = list(adata.obs["cell_type"].cat.categories)
-    varm = adata.varm["deep_shap"]
+    assert adata.uns["deep_shap"]["groups"].tolist() == groups
+    assert isinstance(adata.varm["deep_shap"], np.ndarray) and adata.varm["deep_shap"].shape == (adata.n_vars, 4)
+    varm = get_result(adata, "deep_shap").group_table()
     assert list(varm.columns) == groups and list(varm.index) == list(adata.var_names)
+    np.testing.assert_array_equal(varm.to_numpy(), adata.varm["deep_shap"])
     for g in groups:
         cells = (adata.obs["cell_type"] == g).to_numpy()
         np.testing.assert_allclose(varm[g], adata.layers["deep_shap"][cells].mean(0), rtol=1e-5, atol=1e-7)
@@ -90,20 +94,21 @@ def test_targets_predicted_all_and_list(adata):
     allc = sx.tl.deep_shap(adata, model, target="all", keep_all=True, copy=True, **kw)
     # own-target layer under "all" is the label target (labels match outputs)
     np.testing.assert_allclose(allc.layers["deep_shap"], lab.layers["deep_shap"], rtol=1e-6, atol=1e-8)
-    for name in adata.obs["cell_type"].cat.categories:
-        assert f"deep_shap_{name}" in allc.layers
+    for j, name in enumerate(adata.obs["cell_type"].cat.categories):
+        assert f"deep_shap_out{j}" in allc.layers
+        np.testing.assert_array_equal(get_result(allc, "deep_shap").output_layer(name), allc.layers[f"deep_shap_out{j}"])
     cells = (adata.obs["cell_type"] == "type_2").to_numpy()
-    np.testing.assert_allclose(allc.layers["deep_shap_type_2"][cells], lab.layers["deep_shap"][cells], rtol=1e-6,
+    np.testing.assert_allclose(allc.layers["deep_shap_out2"][cells], lab.layers["deep_shap"][cells], rtol=1e-6,
                                atol=1e-8)
     assert allc.uns["deep_shap"]["additivity"]["max_relative_error"] < 1e-8
     pred = sx.tl.deep_shap(adata, model, target="predicted", copy=True, **kw)
     x = torch.as_tensor(adata.layers["lognorm"], dtype=torch.float64)
     predicted = model(x).argmax(1).numpy()
-    layers = np.stack([allc.layers[f"deep_shap_type_{k}"] for k in range(4)], axis=1)
+    layers = np.stack([allc.layers[f"deep_shap_out{k}"] for k in range(4)], axis=1)
     np.testing.assert_allclose(pred.layers["deep_shap"], layers[np.arange(adata.n_obs), predicted], rtol=1e-6,
                                atol=1e-8)
     one = sx.tl.deep_shap(adata, model, target=["type_1"], keep_all=True, copy=True, **kw)
-    np.testing.assert_allclose(one.layers["deep_shap_type_1"], allc.layers["deep_shap_type_1"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(one.layers["deep_shap_out1"], allc.layers["deep_shap_out1"], rtol=1e-6, atol=1e-8)
 
 
 def test_training_mode_restored(adata):
@@ -198,7 +203,8 @@ def test_category_order_of_groupby_is_kept(adata):
     sx.tl.deep_shap(adata, model, groupby="cell_type", layer="lognorm", n_background=10, dtype="float64",
                     progress=False)
     assert list(adata.uns["deep_shap"]["output_names"]) == order
-    assert list(adata.varm["deep_shap"].columns) == order
+    assert list(adata.uns["deep_shap"]["groups"]) == order
+    assert list(get_result(adata, "deep_shap").group_table().columns) == order
     X = adata.layers["lognorm"].astype(np.float64)
     idx = adata.uns["deep_shap"]["params"]["background_obs_indices"]
     w = model.weight.detach().numpy()

@@ -8,6 +8,7 @@ import torch
 
 import scexplain as sx
 from _helpers import assert_adata_equal
+from scexplain._results import get_result
 from scexplain.engines import gradients as eng
 from scexplain.models import ModelAdapter
 
@@ -31,7 +32,8 @@ def _x(adata):
 
 
 def _all_layers(out, key, names):
-    return np.stack([out.layers[f"{key}_{n}"] for n in names], axis=1)
+    res = get_result(out, key)
+    return np.stack([res.output_layer(n) for n in names], axis=1)
 
 
 @pytest.mark.parametrize("name", ["vargrad", "smoothgrad"])
@@ -145,7 +147,7 @@ def test_integrated_gradients_array_baseline(adata):
 def test_storage_round_trip_and_scanpy_ranking(adata, tmp_path, name):
     METHODS[name](adata, _net(adata.n_vars), **FAST[name], **KW)
     groups = list(adata.obs["cell_type"].cat.categories)
-    varm = adata.varm[name]
+    varm = get_result(adata, name).group_table()
     assert list(varm.columns) == groups and list(varm.index) == list(adata.var_names)
     for g in groups:
         cells = (adata.obs["cell_type"] == g).to_numpy()

@@ -12,6 +12,7 @@ from scipy import sparse
 
 import scexplain as sx
 from _helpers import assert_adata_equal
+from scexplain._results import get_result
 
 scvi = pytest.importorskip("scvi")
 
@@ -262,7 +263,7 @@ def test_unlabeled_cells_use_the_predicted_class(pbmc):
     assert unl.any() and (~unl).any()
     for i in range(ad.n_obs):
         own = names[pred[i]] if unl[i] else labels[i]
-        np.testing.assert_array_equal(ad.layers["deep_shap"][i], ad.layers[f"deep_shap_{own}"][i])
+        np.testing.assert_array_equal(ad.layers["deep_shap"][i], get_result(ad, "deep_shap").output_layer(own)[i])
     # no covariates encoded: one expected value per output
     assert np.asarray(ad.uns["deep_shap"]["expected_value"]).shape == (len(names),)
 
@@ -348,7 +349,8 @@ def test_query_with_reordered_genes_gives_the_same_attributions(syn):
     got = pd.DataFrame(query.layers["deep_shap"], columns=query.var_names)
     np.testing.assert_allclose(got[ref.var_names].to_numpy(), ref.layers["deep_shap"], rtol=1e-6, atol=1e-7)
     assert (got["not_a_model_gene"] == 0).all()
-    pd.testing.assert_frame_equal(query.varm["deep_shap"].loc[ref.var_names], ref.varm["deep_shap"])
+    pd.testing.assert_frame_equal(get_result(query, "deep_shap").group_table().loc[ref.var_names],
+                                  get_result(ref, "deep_shap").group_table())
     # counts in adata.X of the query, named explicitly
     in_x = query.copy()
     del in_x.layers["counts"]
@@ -368,10 +370,12 @@ def test_latent_additivity_and_storage(syn_scvi, dtype):
     dims = ["latent_0", "latent_1", "latent_2"]
     assert res["additivity"]["max_relative_error"] <= TOL[dtype]
     assert "deep_shap" not in ad.layers  # no own target for latent dimensions
-    lat, lat_abs = ad.varm["deep_shap_latent"], ad.varm["deep_shap_latent_abs"]
+    stored = get_result(ad, "deep_shap")
+    lat, lat_abs = stored.latent_table(), stored.latent_table("mean_abs")
+    np.testing.assert_array_equal(lat.to_numpy(), ad.varm["deep_shap_latent"])
     assert list(lat.columns) == dims and list(lat.index) == list(ad.var_names)
     for d in dims:
-        layer = ad.layers[f"deep_shap_{d}"]
+        layer = stored.output_layer(d)
         np.testing.assert_allclose(lat[d], layer.mean(0), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(lat_abs[d], np.abs(layer).mean(0), rtol=1e-4, atol=1e-6)
     # per cell and dim: Σφ = μ(x, c) − mean_b μ(x_b, c)
@@ -385,17 +389,16 @@ def test_latent_additivity_and_storage(syn_scvi, dtype):
         mu = adapter.forward(X, cov).numpy()
         ref = np.stack([adapter.forward(X[bg], cov[i : i + 1].expand(len(bg), -1)).mean(0).numpy()
                         for i in range(ad.n_obs)])
-    sums = np.stack([ad.layers[f"deep_shap_{d}"].astype(np.float64).sum(1) for d in dims], axis=1)
+    sums = np.stack([stored.output_layer(d).astype(np.float64).sum(1) for d in dims], axis=1)
     np.testing.assert_allclose(sums, mu - ref, rtol=1e-3, atol=1e-4)  # layers are float32
-    expected = ad.obsm["deep_shap"][[f"expected_value_{d}" for d in dims]].to_numpy()
+    expected = ad.obsm["deep_shap_expected_value"]
     np.testing.assert_allclose(expected, ref, rtol=1e-5 if dtype == "float32" else 1e-10, atol=1e-6)
     # per-group summaries and rankings per dimension
     groups = ad.obs["labels"].astype(str)
-    table = res["latent_group_mean_abs"]
     for g in groups.unique():
         cells = (groups == g).to_numpy()
-        np.testing.assert_allclose(table[f"{g}|latent_1"], np.abs(ad.layers["deep_shap_latent_1"][cells]).mean(0),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(stored.latent_group_table(g)["latent_1"],
+                                   np.abs(stored.output_layer("latent_1")[cells]).mean(0), rtol=1e-4, atol=1e-6)
     import scanpy as sc
 
     df = sc.get.rank_genes_groups_df(ad, "latent_2", key="deep_shap")
@@ -409,7 +412,7 @@ def test_latent_on_scanvi_and_target_list(syn):
                     dtype="float64", progress=False)
     res = ad.uns["deep_shap"]
     assert res["additivity"]["max_relative_error"] <= 1e-6
-    assert list(ad.varm["deep_shap_latent"].columns) == ["latent_3", "latent_1"]
+    assert list(get_result(ad, "deep_shap").latent_table().columns) == ["latent_3", "latent_1"]
     assert res["params"]["explain"] == "latent"
     with pytest.raises(ValueError, match="no predicted class"):
         sx.tl.deep_shap(ad, model, explain="latent", target="predicted", progress=False)
@@ -512,7 +515,7 @@ def test_matches_shap_deep_explainer_with_log1p_rule(which, request):
     bg = np.arange(0, ad.n_obs, 2)
     sx.tl.deep_shap(ad, model, target="all", keep_all=True, background=bg, dtype="float64", progress=False)
     names = list(ad.uns["deep_shap"]["output_names"])
-    ours = np.stack([ad.layers[f"deep_shap_{n}"] for n in names], axis=-1)  # cells × genes × classes
+    ours = np.stack([get_result(ad, "deep_shap").output_layer(n) for n in names], axis=-1)  # cells × genes × classes
     adapter = adapt(model)
     X = torch.as_tensor(np.asarray(ad.layers["counts"]), dtype=torch.float64)
     cov = adapter.covariates(ad, None)

@@ -13,6 +13,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 
 import scexplain as sx
 from _helpers import assert_adata_equal
+from scexplain._results import get_result
 from scexplain.cli import main
 
 shap = pytest.importorskip("shap")
@@ -51,14 +52,17 @@ def test_use_rep_storage_contract(explained, forest):
     uns = adata.uns[key]
     assert list(uns["feature_names"][:3]) == ["PC1", "PC2", "PC3"]
     groups = sorted(adata.obs["bulk_labels"].astype(str).unique())
-    for table in ("group_mean", "group_mean_abs"):
-        assert isinstance(uns[table], pd.DataFrame)
-        assert list(uns[table].index) == list(uns["feature_names"]) and sorted(uns[table].columns) == groups
-    assert (uns["group_mean_abs"].to_numpy() >= np.abs(uns["group_mean"].to_numpy()) - 1e-7).all()
+    assert sorted(uns["groups"]) == groups
+    res = get_result(adata, key)
+    tables = {t: res.group_table(values=t) for t in ("mean", "mean_abs")}
+    for t, table in tables.items():
+        assert isinstance(uns["group_tables"][t], np.ndarray) and uns["group_tables"][t].shape == (20, len(groups))
+        assert list(table.index) == list(uns["feature_names"]) and sorted(table.columns) == groups
+    assert (tables["mean_abs"].to_numpy() >= np.abs(tables["mean"].to_numpy()) - 1e-7).all()
     mono = adata.obs["bulk_labels"] == "CD14+ Monocyte"
-    np.testing.assert_allclose(uns["group_mean"]["CD14+ Monocyte"], values[mono.to_numpy()].mean(0), atol=1e-6)
+    np.testing.assert_allclose(tables["mean"]["CD14+ Monocyte"], values[mono.to_numpy()].mean(0), atol=1e-6)
     df = sc.get.rank_genes_groups_df(adata, "CD14+ Monocyte", key=key)
-    assert df["names"].iloc[0] == uns["group_mean"]["CD14+ Monocyte"].idxmax()
+    assert df["names"].iloc[0] == tables["mean"]["CD14+ Monocyte"].idxmax()
     np.testing.assert_allclose(uns["expected_value"], shap.TreeExplainer(forest).expected_value, atol=1e-12)
     assert uns["additivity"]["max_abs_error"] < 1e-12
     params = uns["params"]
@@ -95,9 +99,10 @@ def test_genes_layers_and_gene_subset(pbmc, snapshot):
     assert (layer[:, other] == 0).all() and np.abs(layer[:, ~other]).sum() > 0
     expected = shap.TreeExplainer(model).shap_values(X)  # raw margins
     np.testing.assert_allclose(layer[:, ~other], expected[np.arange(700), :, _own(adata, model)], atol=1e-5)
-    varm = out.varm["tree_shap"]
+    varm = get_result(out, "tree_shap").group_table()
     assert list(varm.index) == list(adata.var_names) and "CD14+ Monocyte" in varm.columns
-    assert isinstance(out.uns["tree_shap"]["group_mean_abs"], pd.DataFrame)
+    np.testing.assert_array_equal(varm.to_numpy(), out.varm["tree_shap"])
+    assert out.varm["tree_shap_mean_abs"].shape == out.varm["tree_shap"].shape
     summary = out.obsm["tree_shap"]
     np.testing.assert_allclose(summary["sum_attributions"] + summary["expected_value"], summary["output"], atol=1e-5)
     assert sc.get.rank_genes_groups_df(out, "CD19+ B", key="tree_shap").shape[0] == adata.n_vars
@@ -109,11 +114,12 @@ def test_targets_predicted_all_and_keep_all(pbmc, forest):
     expected = shap.TreeExplainer(forest).shap_values(pbmc.obsm["X_pca"])
     predicted = forest.predict_proba(pbmc.obsm["X_pca"]).argmax(1)
     np.testing.assert_allclose(adata.obsm["pred"], expected[np.arange(700), :, predicted], atol=1e-6)
-    assert "group_mean" not in adata.uns["pred"]  # no groupby, no group tables
+    assert "group_tables" not in adata.uns["pred"] and "groups" not in adata.uns["pred"]  # no groupby, no tables
     sx.tl.tree_shap_gpu(adata, forest, use_rep="X_pca", groupby="bulk_labels", target="all", keep_all=True,
                         progress=False, key_added="all")
     uns = adata.uns["all"]
-    assert uns["values"].shape == (700, 20, 10) and list(uns["values_outputs"]) == list(forest.classes_)
+    assert uns["values"].shape == (700, 20, 10) and list(uns["values_outputs"]) == list(range(10))
+    assert list(uns["output_names"]) == list(forest.classes_)
     np.testing.assert_allclose(uns["values"], expected, atol=1e-6)
     np.testing.assert_allclose(adata.obsm["all"], expected[np.arange(700), :, _own(pbmc, forest)], atol=1e-6)
     sx.tl.tree_shap_gpu(adata, forest, use_rep="X_pca", target=["CD19+ B"], progress=False, key_added="b")
@@ -190,7 +196,7 @@ def _deep_paths():
         ({"feature_perturbation": "exact"}, ValueError, "feature_perturbation"),
         ({"interactions": True, "feature_perturbation": "interventional"}, ValueError, "path_dependent"),
         ({"device": "cuda"}, ValueError, "no CUDA GPU"),
-        ({"device": "tpu"}, ValueError, "`device` must be"),
+        ({"device": "tpu"}, ValueError, "`device='tpu'` is not supported"),
         ({"target": ["nope"]}, ValueError, "not a model output"),
         ({"model": "deep", "use_rep": None}, ValueError, "at most 62"),
         ({"batch_size": 0}, ValueError, "batch_size"),

@@ -24,6 +24,7 @@ __all__ = [
     "get_groups",
     "get_matrix",
     "group_means",
+    "group_sums",
     "resolve_output_names",
     "resolve_targets",
     "select_background",
@@ -95,18 +96,25 @@ def dense_rows(X, rows: np.ndarray | slice | None = None, dtype=np.float64) -> n
 
 
 def get_groups(adata: AnnData, groupby: str | None) -> pd.Categorical | None:
-    """``adata.obs[groupby]`` as a categorical (unused categories dropped), or ``None`` if ``groupby`` is None."""
+    """``adata.obs[groupby]`` as a categorical with its declared categories, or ``None`` if ``groupby`` is None.
+
+    Categories without cells are kept: a category is a class the model may know even when no cell of it is
+    explained (e.g. only the B cells of a 10-class model), so output names and targets follow the declared ones.
+    Group summaries skip groups without cells (see :func:`group_means`).
+    """
     if groupby is None:
         return None
+    if not isinstance(groupby, str):
+        raise TypeError(f"`groupby` must be the name of an obs column, got {groupby!r}.")
     if groupby not in adata.obs.columns:
         cats = [c for c in adata.obs.columns if not pd.api.types.is_numeric_dtype(adata.obs[c])]
         raise ValueError(f"`groupby={groupby!r}` is not a column of adata.obs; categorical columns: {cats}.")
     col = adata.obs[groupby]
     if col.isna().any():
         raise ValueError(f"adata.obs[{groupby!r}] has {int(col.isna().sum())} missing values; fill or drop them.")
-    if isinstance(col.dtype, pd.CategoricalDtype):  # keep the user's category order (models use its codes)
-        return pd.Categorical(col.astype(str), categories=[str(c) for c in col.cat.categories]).remove_unused_categories()
-    return pd.Categorical(col.astype(str)).remove_unused_categories()
+    if isinstance(col.dtype, pd.CategoricalDtype):  # keep the user's categories and their order (models use codes)
+        return pd.Categorical(col.astype(str), categories=[str(c) for c in col.cat.categories])
+    return pd.Categorical(col.astype(str))
 
 
 def stratified_indices(groups: pd.Categorical | None, n_obs: int, n: int, random_state: int | None) -> np.ndarray:
@@ -233,7 +241,8 @@ class Targets:
     Attributes
     ----------
     mode
-        ``"label"``, ``"predicted"``, ``"all"`` or ``"list"``.
+        ``"label"``, ``"predicted"``, ``"all"``, ``"list"``, or ``"single"`` (the only output of a single-output
+        model, for every cell).
     classes
         Output indices explained for every cell (``"all"``/``"list"``); empty for per-cell modes.
     per_cell
@@ -255,18 +264,29 @@ class Targets:
     @property
     def per_cell_mode(self) -> bool:
         """Whether each cell is explained toward one own output."""
-        return self.mode in ("label", "predicted")
+        return self.mode in ("label", "predicted", "single")
 
 
 def resolve_targets(
-    target, *, output_names: list[str], groups: pd.Categorical | None, unlabeled: str | None = None
+    target,
+    *,
+    output_names: list[str],
+    groups: pd.Categorical | None,
+    unlabeled: str | None = None,
+    n_obs: int | None = None,
 ) -> Targets:
     """Turn ``target`` (``"label"``, ``"predicted"``, ``"all"`` or a list of output names) into indices.
 
     With ``target="label"``, cells whose group is ``unlabeled`` get ``-1`` (explained toward their prediction).
+    A model with a single output (a regressor, one logit) has nothing to choose: ``"label"`` and ``"predicted"``
+    explain that output for every cell (mode ``"single"``; needs ``n_obs``), with or without ``groupby``.
     """
     n_outputs = len(output_names)
     if isinstance(target, str) and target in ("label", "predicted", "all"):
+        if n_outputs == 1 and target != "all":
+            if n_obs is None:  # pragma: no cover - programming error
+                raise TypeError("A single-output model needs `n_obs` to resolve per-cell targets.")
+            return Targets("single", np.zeros(0, dtype=np.int64), np.zeros(n_obs, dtype=np.int64))
         if target == "all":
             return Targets("all", np.arange(n_outputs))
         if target == "predicted":
@@ -276,13 +296,15 @@ def resolve_targets(
         lookup = {name: i for i, name in enumerate(output_names)}
         if unlabeled is not None:
             lookup[str(unlabeled)] = -1
-        unknown = [c for c in groups.categories if c not in lookup]
+        used = set(np.asarray(groups.categories)[np.unique(np.asarray(groups.codes))])
+        unknown = [c for c in groups.categories if c not in lookup and c in used]
         if unknown:
             raise ValueError(
                 f"Groups {unknown} of `groupby` are not among the model outputs {output_names}; pass "
                 "`output_names=` in the model's output order, or use target='predicted'."
             )
-        per_cell = np.asarray([lookup[c] for c in groups.categories], dtype=np.int64)[np.asarray(groups.codes)]
+        # categories without cells map to nothing (-2 is never looked up)
+        per_cell = np.asarray([lookup.get(c, -2) for c in groups.categories], dtype=np.int64)[np.asarray(groups.codes)]
         return Targets("label", np.zeros(0, dtype=np.int64), per_cell)
     names = [target] if isinstance(target, str | int | np.integer) else list(target)
     if not names:
@@ -301,11 +323,21 @@ def resolve_targets(
 
 
 def group_means(values: np.ndarray, groups: pd.Categorical, feature_names: Sequence[str]) -> pd.DataFrame:
-    """``features × groups`` mean of ``values`` (cells × features) over each group's cells."""
+    """``features × groups`` mean of ``values`` (cells × features) over each group's cells.
+
+    Only groups with cells get a column (in category order): an empty group has no mean.
+    """
+    sums, counts = group_sums(values, groups)
+    keep = counts > 0
+    means = sums[keep] / counts[keep, None]
+    names = [str(c) for c, k in zip(groups.categories, keep, strict=True) if k]
+    return pd.DataFrame(means.T, index=pd.Index(feature_names).astype(str), columns=names)
+
+
+def group_sums(values: np.ndarray, groups: pd.Categorical) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums (``n_categories × features``, float64) of ``values`` over cells, and the cells per group."""
     codes = np.asarray(groups.codes)
     n_groups = len(groups.categories)
     onehot = np.zeros((n_groups, len(codes)))
     onehot[codes, np.arange(len(codes))] = 1.0
-    counts = onehot.sum(axis=1, keepdims=True)
-    means = (onehot @ np.asarray(values, dtype=np.float64)) / np.maximum(counts, 1)
-    return pd.DataFrame(means.T, index=pd.Index(feature_names).astype(str), columns=groups.categories.astype(str))
+    return onehot @ np.asarray(values, dtype=np.float64), onehot.sum(axis=1)

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["main", "register", "write_h5ad_atomic"]
+__all__ = ["main", "register", "write_h5ad_atomic", "write_zarr_atomic"]
 
 #: name -> (run, help, add_arguments or None)
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable | None]] = {}
@@ -34,6 +34,9 @@ def register(name: str, help: str, arguments: Callable[[argparse.ArgumentParser]
 
 def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
     """Write ``adata`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    from ._store import check_storable
+
+    check_storable(adata, "h5ad")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,6 +50,25 @@ def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_zarr_atomic(adata, path: str | os.PathLike) -> None:
+    """Write ``adata`` to the zarr store ``path`` through a temporary folder beside it and a rename."""
+    import shutil
+
+    from ._store import check_storable
+
+    check_storable(adata, "zarr")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        adata.write_zarr(tmp / "store.zarr")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp / "store.zarr", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_io_paths(input_path: str, output_path: str) -> None:

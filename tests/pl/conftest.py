@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
-import pandas as pd
 import pytest
 
 #: long names like the PBMC demo's, to stress label layout
@@ -72,23 +71,25 @@ def write_gene_result(adata, method: str = "deep_shap", *, key: str | None = Non
 
     key = key or method
     layer = planted_attributions(adata, signed=signed, seed=seed).astype(np.float32)
-    varm = ranking = None
-    uns = {}
+    tables, names = {}, None
     if groupby is not None:
         groups = get_groups(adata, groupby)
-        varm = group_means(layer, groups, adata.var_names)
-        ranking = varm
-        uns[Key.uns.group_mean_abs] = group_means(np.abs(layer), groups, adata.var_names)
-    extra = {}
+        mean = group_means(layer, groups, adata.var_names)
+        names = list(mean.columns)
+        tables = {Key.table.mean: mean.to_numpy(), Key.table.mean_abs: group_means(np.abs(layer), groups,
+                                                                                   adata.var_names).to_numpy()}
+    extra, uns = {}, {}
     if latent:
         rng = np.random.default_rng(seed + 1)
         lat = rng.normal(scale=0.05, size=(adata.n_vars, 4))
         for d in range(4):
             lat[d * 3:(d + 1) * 3, d] += (-1) ** d * np.array([1.0, 0.8, 0.6])
-        extra[Key.latent(key)] = pd.DataFrame(lat, index=adata.var_names, columns=[f"z{d}" for d in range(4)])
+        extra[Key.latent(key)] = lat
+        uns[Key.uns.latent_dims] = [f"z{d}" for d in range(4)]
     _store.write(adata, _store.Result(
         method=method, key=key, params={"groupby": groupby, "target": "label", "layer": "lognorm"},
-        layer=layer, varm=varm, varm_extra=extra, ranking=ranking, uns=uns,
+        layer=layer, groups=names, group_tables=tables, varm_extra=extra,
+        ranking=(tables[Key.table.mean], names) if tables else None, uns=uns,
     ))
     return key
 
@@ -112,11 +113,11 @@ def write_rep_result(adata, *, key: str = "tree_shap_gpu", n_dims: int = 8, seed
         phi[codes == g, (g + 1) % n_dims] -= 0.2
     names = [f"PC{i + 1}" for i in range(n_dims)]
     mean = group_means(phi, groups, names)
+    tables = {Key.table.mean: mean.to_numpy(), Key.table.mean_abs: group_means(np.abs(phi), groups, names).to_numpy()}
     _store.write(adata, _store.Result(
         method="tree_shap_gpu", key=key, params={"groupby": "cell_type", "use_rep": "X_pca", "target": "label"},
-        obsm=phi, ranking=mean,
-        uns={"feature_names": names, "group_mean": mean, Key.uns.group_mean_abs: group_means(np.abs(phi), groups,
-                                                                                            names)},
+        obsm=phi, features=names, groups=list(mean.columns), group_tables=tables,
+        ranking=(tables[Key.table.mean], list(mean.columns)),
     ))
     return key
 

@@ -4,6 +4,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import scexplain as sx
+from scexplain._results import get_result
 
 
 def _labels(axis):
@@ -23,7 +24,7 @@ def test_dotplot_content(adata10, overlaps):
     # colour = mean attribution (varm), size ∝ fraction of the group's cells with positive attribution
     colors = np.asarray(dots.get_array()).reshape(len(groups), -1)
     genes = _labels(ax.xaxis)
-    np.testing.assert_allclose(colors, adata10.varm["deep_shap"].loc[genes, groups].to_numpy().T, rtol=1e-6)
+    np.testing.assert_allclose(colors, get_result(adata10, "deep_shap").group_table().loc[genes, groups].to_numpy().T, rtol=1e-6)
     sizes = np.asarray(dots.get_sizes()).reshape(len(groups), -1)
     layer = adata10.layers["deep_shap"]
     cells = (adata10.obs["cell_type"] == groups[0]).to_numpy()

@@ -4,6 +4,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import scexplain as sx
+from scexplain._results import get_result
 from scexplain.pl._utils import ResultNotFoundError
 
 
@@ -36,7 +37,7 @@ def test_demo_sized_heatmap_content_and_legibility(adata10, overlaps):
     mesh = ax.collections[0]
     lo, hi = mesh.get_clim()
     assert lo == pytest.approx(-hi) and hi > 0
-    assert hi == pytest.approx(np.abs(adata10.varm["deep_shap"].to_numpy()).max(), rel=1e-6)
+    assert hi == pytest.approx(np.abs(get_result(adata10, "deep_shap").group_table().to_numpy()).max(), rel=1e-6)
     assert mesh.get_cmap().name == "RdBu_r"
     # title and colour bar label name the method and the meaning
     assert fig._suptitle.get_text() == "DeepSHAP: top 5 genes per cell type"
@@ -57,7 +58,7 @@ def test_values_are_group_means_of_the_stored_table(adata4):
     assert _labels(ax.xaxis) == ["gene_003", "gene_000"]
     assert _labels(ax.yaxis) == ["type_1", "type_0"]
     shown = np.asarray(ax.collections[0].get_array()).reshape(2, 2)
-    expected = adata4.varm["deep_shap"].loc[["gene_003", "gene_000"], ["type_1", "type_0"]].to_numpy().T
+    expected = get_result(adata4, "deep_shap").group_table().loc[["gene_003", "gene_000"], ["type_1", "type_0"]].to_numpy().T
     np.testing.assert_allclose(shown, expected, rtol=1e-6)
     assert fig._suptitle.get_text() == "DeepSHAP: genes × cell type"
 
@@ -108,7 +109,7 @@ def test_mean_abs_values(adata4):
 def test_tree_shap_on_embedding(adata4):
     fig = sx.pl.heatmap(adata4, "tree_shap_gpu", n_genes=1, show=False, return_fig=True)
     ax = _main(fig)
-    table = adata4.uns["tree_shap_gpu"]["group_mean"]
+    table = get_result(adata4, "tree_shap_gpu").group_table()
     assert _labels(ax.xaxis) == [table[g].idxmax() for g in table.columns]
     assert all(lab.startswith("PC") for lab in _labels(ax.xaxis))
     assert fig._suptitle.get_text().replace("\n", " ") == "TreeSHAP: top 1 dimensions per cell type"

@@ -4,6 +4,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import scexplain as sx
+from scexplain._results import get_result
 
 
 def _labels(ax):
@@ -13,7 +14,7 @@ def _labels(ax):
 def test_ranking_top_positive_and_negative(adata4, overlaps):
     axs = sx.pl.ranking(adata4, "deep_shap", n_genes=3, show=False)
     assert [a.get_title() for a in axs] == ["type_0", "type_1", "type_2", "type_3"]
-    table = adata4.varm["deep_shap"]
+    table = get_result(adata4, "deep_shap").group_table()
     for ax, group in zip(axs, table.columns, strict=True):
         col = table[group]
         pos = col[col > 0].sort_values(ascending=False).index[:3].tolist()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..cli import register, write_h5ad_atomic
+from ..cli import register, write_h5ad_atomic, write_zarr_atomic
 
 logger = logging.getLogger("scexplain")
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default="scexplain-demo.h5ad", help="output h5ad (default: %(default)s)")
+    parser.add_argument("--zarr", default="scexplain-demo.zarr",
+                        help="a zarr copy of the output, '' to skip (default: %(default)s)")
     parser.add_argument(
         "--figure", default="scexplain-demo-heatmap.png", help="heatmap PNG, '' to skip (default: %(default)s)"
     )
@@ -20,7 +22,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the MLP (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
-        "--no-scanvi", action="store_true", help="skip the scANVI part (it runs when scvi-tools is installed)"
+        "--no-scanvi", action="store_true", help="skip the scANVI part"
     )
     parser.add_argument("--scanvi-epochs", type=int, default=20, help="scANVI training epochs (default: %(default)s)")
 
@@ -32,6 +34,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .. import datasets, tl
     from .._demo import train_mlp
+    from .._store import anndata_013_rules
 
     adata = datasets.pbmc68k_counts()
     labels = adata.obs["bulk_labels"].astype("category")
@@ -55,8 +58,12 @@ def run_demo(args: argparse.Namespace) -> int:
     _print_top_genes(adata, "deep_shap", names, args.n_genes)
     if not args.no_scanvi:
         _explain_scanvi(adata, args)
-    write_h5ad_atomic(adata, args.output)
-    print(f"wrote {args.output}")
+    with anndata_013_rules():  # '/' in any key raises, as in anndata 0.13 (group names such as "CD4+/CD25 T Reg")
+        write_h5ad_atomic(adata, args.output)
+        print(f"wrote {args.output}")
+        if args.zarr:
+            write_zarr_atomic(adata, args.zarr)
+            print(f"wrote {args.zarr}")
     if args.figure:
         _save_heatmap(adata, args.figure, n_genes=args.n_genes)
     return int(not np.isfinite(add["max_relative_error"]))
@@ -74,14 +81,9 @@ def _print_top_genes(adata, key: str, groups, n_genes: int) -> None:
 
 def _explain_scanvi(adata, args: argparse.Namespace) -> None:
     """Train scANVI on the counts (a few epochs on CPU) and explain its cell-type calls per gene."""
-    import importlib.util
+    import scvi
 
     from .. import tl
-
-    if importlib.util.find_spec("scvi") is None:
-        print("scANVI part skipped: scvi-tools is not installed (pip install 'scexplain[scvi]')")
-        return
-    import scvi
 
     scvi.settings.seed = args.seed
     train = adata.copy()
@@ -94,8 +96,9 @@ def _explain_scanvi(adata, args: argparse.Namespace) -> None:
     add = adata.uns["deep_shap_scanvi"]["additivity"]
     print(f"scANVI DeepSHAP: max relative additivity error {add['max_relative_error']:.2e}")
     print(f"top {args.n_genes} genes per cell type for scANVI's classifier (key 'deep_shap_scanvi'):")
-    groups = list(adata.varm["deep_shap_scanvi"].columns)
-    _print_top_genes(adata, "deep_shap_scanvi", groups, args.n_genes)
+    from .._results import get_result
+
+    _print_top_genes(adata, "deep_shap_scanvi", get_result(adata, "deep_shap_scanvi").stored_groups, args.n_genes)
 
 
 def _save_heatmap(adata, path: str, *, n_genes: int) -> None:

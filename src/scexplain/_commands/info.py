@@ -17,16 +17,39 @@ def _info(args: argparse.Namespace) -> int:
 
     adata = ad.read_h5ad(args.input, backed="r")
     found = False
+    from .._results import get_result
     from .._store import is_result
 
     for key, value in adata.uns.items():
         if is_result(value):
             found = True
-            params = value["params"]
-            print(f"{key}: method={params['method']} target={params.get('target', '')}")
+            print(_describe(get_result(adata, key)))
     if not found:
         print("no scexplain results")
     return 0
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} ({shown}{', …' if len(names) > limit else ''})"
+
+
+def _describe(res) -> str:
+    """One line per result: method, target, groups and outputs by name (mapped back from the stored arrays)."""
+    params = res.params
+    target = params.get("target", "")
+    target = ",".join(str(t) for t in target) if not isinstance(target, str) else target
+    parts = [f"{res.key}: method={res.method}", f"target={target}"]
+    if params.get("groupby") is not None:
+        parts.append(f"groupby={params['groupby']}")
+    if res.stored_groups:
+        parts.append(f"groups={_names(res.stored_groups)}")
+    if res.output_names:
+        parts.append(f"outputs={_names(res.output_names)}")
+    if res.latent_dims:
+        parts.append(f"latent_dims={_names(res.latent_dims)}")
+    parts.append(f"layout={res.layout}")
+    return " ".join(parts)
 
 
 _info.add_arguments = _info_arguments

@@ -82,7 +82,7 @@ def deep_shap(
     pair_budget
         Maximum number of (cell, background cell) pairs evaluated at once; ``None`` picks a default.
     keep_all
-        With ``target="all"`` or a list, also store ``layers[f"{{key}}_{{output}}"]`` for every explained output.
+        With ``target="all"`` or a list, also store ``layers[f"{{key}}_out{{j}}"]`` for every explained output ``j``.
     {device}
     {dtype}
     {random_state}
@@ -92,15 +92,7 @@ def deep_shap(
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Writes (``key`` = ``key_added`` or ``"deep_shap"``):
-
-    - ``layers[key]``: cells × genes attributions toward each cell's own target (its label, else the prediction);
-    - ``varm[key]``: genes × groups mean attribution of each group's cells toward their group (with ``groupby``);
-    - ``obsm[key]``: per-cell DataFrame: ``output`` f(x), ``expected_value``, ``sum_attributions``,
-      ``relative_error`` for the own target;
-    - ``uns[key]``: ``params``, ``output_names``, ``expected_value`` (per output; per cell with covariates, see
-      ``obsm``), ``additivity`` (max and median relative error ‖Σφ − Δf‖/‖Δf‖ over cells), ``group_mean_abs``,
-      and ``names``/``scores`` rankings readable by ``sc.get.rank_genes_groups_df(adata, group, key=key)``.
+    {returns}
 
     Examples
     --------

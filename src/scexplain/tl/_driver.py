@@ -161,10 +161,11 @@ def explain_cells(
     """
     import torch
 
-    from .._device import resolve_device, resolve_dtype
+    from .._device import check_device, resolve_device, resolve_dtype
 
     # 1. validate: raise before touching anything
     _inputs.check_adata(adata)
+    check_device(device)
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     _inputs.check_seed(random_state)
@@ -242,14 +243,16 @@ def explain_cells(
         n_outputs = fx_all.shape[1]
         out_names = _inputs.resolve_output_names(adapter.output_names or output_names, n_outputs, groups)
         unlabeled = adapter.unlabeled_category
-        targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups, unlabeled=unlabeled)
+        targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups, unlabeled=unlabeled,
+                                          n_obs=n_obs)
         predicted = fx_all.argmax(axis=1)
         if targets.mode == "predicted" or (targets.per_cell is not None and (targets.per_cell < 0).any()):
             targets = targets.with_predictions(predicted)
         label_targets = None
         if not targets.per_cell_mode and groups is not None:
             try:
-                labels = _inputs.resolve_targets("label", output_names=out_names, groups=groups, unlabeled=unlabeled)
+                labels = _inputs.resolve_targets("label", output_names=out_names, groups=groups, unlabeled=unlabeled,
+                                                 n_obs=n_obs)
                 label_targets = np.where(labels.per_cell < 0, predicted, labels.per_cell)
             except ValueError:
                 label_targets = None
@@ -315,7 +318,7 @@ def explain_cells(
 
     # 4. assemble, then write once
     layer_values = _scatter_columns(own_attr, pos, adata.n_vars)
-    uns: dict[str, Any] = {"output_names": out_names}
+    uns: dict[str, Any] = {Key.uns.output_names: out_names}
     additivity = check.summary(method)
     if additivity is not None:
         uns[Key.uns.additivity] = additivity
@@ -324,27 +327,31 @@ def explain_cells(
     obsm = None
     if not np.isnan(summary).all():
         obsm = pd.DataFrame(summary, columns=list(summary_cols), index=adata.obs_names)
-    varm = ranking = None
-    if groups is not None:
-        varm = _inputs.group_means(layer_values, groups, adata.var_names)
-        ranking = varm
-        uns[Key.uns.group_mean_abs] = _inputs.group_means(np.abs(layer_values), groups, adata.var_names)
+    if targets.mode == "single":
+        params["single_output"] = True
+    tables, group_names = _group_tables(layer_values, groups, adata.var_names)
     result = _store.Result(
         method=method,
         key=key,
         params={**_run_params(model, bg, bg_idx, random_state, np_dtype, dev), **params},
         layer=layer_values,
         obsm=obsm,
-        varm=varm,
-        layers_extra={f"{key}_{out_names[c]}": _scatter_columns(v, pos, adata.n_vars) for c, v in all_attr.items()},
-        ranking=ranking,
+        groups=group_names,
+        group_tables=tables,
+        ranking=None if not tables else (tables[Key.table.mean], group_names),
+        output_layers={int(c): _scatter_columns(v, pos, adata.n_vars) for c, v in all_attr.items()},
         uns=uns,
     )
     return _store.write(adata, result, copy=copy)
 
 
-#: ``uns[key]`` entry of latent mode: genes × ``"{group}|{dim}"`` mean |attribution| of each group's cells
-LATENT_GROUP_MEAN_ABS = "latent_group_mean_abs"
+def _group_tables(values: np.ndarray, groups: pd.Categorical | None, feature_names) -> tuple[dict, list[str] | None]:
+    """``({"mean": ..., "mean_abs": ...}, group names)``: features × groups means over each non-empty group."""
+    if groups is None:
+        return {}, None
+    mean = _inputs.group_means(values, groups, feature_names)
+    mean_abs = _inputs.group_means(np.abs(values), groups, feature_names)
+    return {Key.table.mean: mean.to_numpy(), Key.table.mean_abs: mean_abs.to_numpy()}, [str(c) for c in mean.columns]
 
 
 def _latent_targets(adapter: ModelAdapter, target) -> np.ndarray:
@@ -392,10 +399,11 @@ def _explain_latent(
     - ``varm[Key.latent_abs(key)]``: genes × dims mean |attribution|; its columns are also ranked (highest first)
       into ``uns[key]["names"/"scores"]`` with the dimensions as groups, so that
       ``sc.get.rank_genes_groups_df(adata, "latent_0", key=key)`` lists each dimension's top genes;
-    - ``uns[key]["latent_group_mean_abs"]`` (with ``groupby``): DataFrame genes × ``"{group}|{dim}"``, float32, the
-      mean |attribution| over each group's cells;
-    - ``obsm[key]`` (methods with a completeness property): per cell ``expected_value_{dim}`` (the reference
-      mean_b f(b, c) of each dimension) and ``relative_error`` ‖Σφ − Δμ‖ / ‖Δμ‖ over the dimensions;
+    - ``varm[Key.latent_groups(key)]`` (with ``groupby``): genes × groups × dims, float32, the mean
+      |attribution| over each group's cells (groups in ``uns[key]["groups"]``, groups without cells left out);
+    - ``obsm[key]`` (methods with a completeness property): per-cell DataFrame ``relative_error``
+      ‖Σφ − Δμ‖ / ‖Δμ‖ over the dimensions, and ``obsm[Key.expected_values(key)]``, cells × dims: the reference
+      mean_b f(b, c) of each dimension;
     - ``uns[key]["additivity"]`` over all cells (relative error per cell over dimensions; max abs error over all
       (cell, dimension) pairs), ``uns[key]["expected_value"]`` per dimension when the model has no covariates;
     - nothing in ``layers[key]`` (a latent dimension is no cell's own target); with ``keep_all=True``,
@@ -453,41 +461,38 @@ def _explain_latent(
             expected = _background_mean(adapter, ctx.background)[dims]
 
     # assemble, then write once
-    def genes_by_dims(values: np.ndarray) -> pd.DataFrame:
-        table = _scatter_columns(values, pos, adata.n_vars).T  # n_vars × D
-        return pd.DataFrame(table, index=adata.var_names.astype(str), columns=dim_names)
+    def genes_by_dims(values: np.ndarray) -> np.ndarray:
+        return _scatter_columns(values, pos, adata.n_vars).T  # n_vars × D
 
     mean_signed = genes_by_dims(sum_signed / n_obs)
     mean_abs = genes_by_dims(sum_abs / n_obs)
-    uns: dict[str, Any] = {"output_names": out_names, "latent_dims": dim_names}
+    uns: dict[str, Any] = {Key.uns.output_names: out_names, Key.uns.latent_dims: dim_names}
     additivity = check.summary(f"{method} (latent)")
     if additivity is not None:
         uns[Key.uns.additivity] = additivity
     if expected is not None:
         uns[Key.uns.expected_value] = expected
+    varm_extra = {Key.latent(key): mean_signed, Key.latent_abs(key): mean_abs}
     if group_abs is not None:
         counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
-        means = (group_abs / np.maximum(counts, 1)[:, None]).reshape(n_groups, n_dims, n_model_genes)
-        cols = {}
-        for gi, g in enumerate(groups.categories.astype(str)):
-            table = _scatter_columns(means[gi], pos, adata.n_vars)  # D × n_vars
-            for j, name in enumerate(dim_names):
-                cols[f"{g}|{name}"] = table[j].astype(np.float32)
-        uns[LATENT_GROUP_MEAN_ABS] = pd.DataFrame(cols, index=adata.var_names.astype(str))
-    obsm = None
+        keep = np.flatnonzero(counts > 0)
+        means = (group_abs[keep] / counts[keep, None]).reshape(len(keep), n_dims, n_model_genes)
+        cube = np.stack([_scatter_columns(m, pos, adata.n_vars).T for m in means], axis=1)  # genes × groups × D
+        varm_extra[Key.latent_groups(key)] = cube.astype(np.float32)
+        uns[Key.uns.groups] = [str(groups.categories[g]) for g in keep]
+    obsm = obsm_extra = None
     if additivity is not None:
-        obsm = pd.DataFrame(expected_cells, columns=[f"expected_value_{n}" for n in dim_names], index=adata.obs_names)
-        obsm["relative_error"] = np.concatenate(check.rel)
+        obsm = pd.DataFrame({"relative_error": np.concatenate(check.rel)}, index=adata.obs_names)
+        obsm_extra = {Key.expected_values(key): expected_cells}
     result = _store.Result(
         method=method,
         key=key,
         params={**_run_params(model, bg, bg_idx, random_state, np_dtype, device), **params, "explain": "latent"},
-        layer=None,
         obsm=obsm,
-        varm=None,
-        varm_extra={Key.latent(key): mean_signed, Key.latent_abs(key): mean_abs},
-        layers_extra={f"{key}_{out_names[d]}": _scatter_columns(v, pos, adata.n_vars) for d, v in kept.items()},
-        ranking=mean_abs,
+        obsm_extra=obsm_extra or {},
+        varm_extra=varm_extra,
+        output_layers={int(d): _scatter_columns(v, pos, adata.n_vars) for d, v in kept.items()},
+        ranking=(mean_abs, dim_names),
         uns=uns,
     )
     return _store.write(adata, result, copy=copy)

@@ -143,17 +143,9 @@ def integrated_gradients(
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Writes (``key`` = ``key_added`` or
-    ``"integrated_gradients"``):
+    {returns}
 
-    - ``layers[key]``: cells × genes attributions toward each cell's own target (its label, else the prediction);
-    - ``varm[key]``: genes × groups mean attribution of each group's cells toward their group (with ``groupby``);
-    - ``obsm[key]``: per-cell DataFrame: ``output`` f(x), ``expected_value`` (the reference f(x′)),
-      ``sum_attributions``, ``relative_error`` (completeness) for the own target;
-    - ``uns[key]``: ``params`` (baseline, n_steps, method, ...), ``output_names``, ``additivity`` (completeness:
-      max and median relative error ‖Σφ − Δf‖/‖Δf‖ over cells, and the max absolute error), ``expected_value``
-      (per output, for background baselines of models without covariates), ``group_mean_abs`` and
-      ``names``/``scores`` rankings readable by ``sc.get.rank_genes_groups_df(adata, group, key=key)``.
+    Here the ``expected_value`` is the reference f(x′) and ``additivity`` measures completeness.
 
     Examples
     --------

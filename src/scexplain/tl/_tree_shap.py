@@ -15,7 +15,7 @@ from .. import _inputs, _store
 from .._docs import doc_params
 from .._keys import Key
 from .._progress import progress_iter
-from ._driver import _own_targets, _scatter_columns, _versions
+from ._driver import _group_tables, _own_targets, _scatter_columns, _versions
 
 __all__ = ["tree_shap_gpu"]
 
@@ -98,8 +98,9 @@ def _engine(device: str):
     """``(module, device_name)`` of the engine that runs: CuPy on a GPU, else Numba on the CPU (logged)."""
     from ..engines import treeshap_gpu
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda', got {device!r}.")
+    if not isinstance(device, str) or device not in ("auto", "cpu", "cuda"):
+        seen = "CuPy sees a CUDA device" if treeshap_gpu.cuda_available() else "CuPy sees no CUDA device"
+        raise ValueError(f"`device={device!r}` is not supported; use 'auto', 'cpu' or 'cuda' ({seen}).")
     if device in ("auto", "cuda") and treeshap_gpu.cuda_available():
         logger.info("tree_shap: running on the GPU (CuPy)")
         return treeshap_gpu, "cuda"
@@ -212,7 +213,8 @@ def tree_shap_gpu(
     batch_size
         Cells per chunk; ``None`` sizes chunks to about 256 MiB.
     device
-        ``"auto"`` (GPU when CuPy sees one, else CPU; logged), ``"cpu"`` or ``"cuda"`` (an error without a GPU).
+        ``"auto"`` (GPU when CuPy sees one, else CPU; logged), ``"cpu"`` or ``"cuda"`` (an error without a GPU);
+        anything else is an error before anything runs.
     {random_state}
     {key_added}
     {copy}
@@ -220,23 +222,25 @@ def tree_shap_gpu(
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Writes (``key`` = ``key_added`` or ``"tree_shap"``),
-    values toward each cell's own target (its ``groupby`` label when the labels are outputs, else the prediction):
+    ``None``, or the modified copy when ``copy=True``. Writes (``key`` = ``key_added`` or ``"tree_shap"``; storage
+    layout 2, see :doc:`/storage`), values toward each cell's own target (its ``groupby`` label when the labels
+    are outputs, else the prediction; a single-output model's only output):
 
-    - with ``use_rep``: ``obsm[key]`` cells × dims (float32), ``uns[key]["feature_names"]`` (``PC1`` … for
-      ``X_pca``, ``{{use_rep}}_1`` … for other embeddings), ``uns[key]["group_mean"]`` (dims × groups, signed mean
-      of each group's cells) and ``uns[key]["group_mean_abs"]`` (mean absolute value);
-    - on genes: ``layers[key]`` cells × genes, ``varm[key]`` genes × groups signed means,
-      ``uns[key]["group_mean_abs"]`` and ``obsm[key]``, a per-cell DataFrame (``output`` f(x),
-      ``expected_value``, ``sum_attributions``, ``abs_error``);
-    - ``uns[key]``: ``params``, ``output_names``, ``expected_value`` (per output), ``additivity``
-      (``max_abs_error``, ``median_abs_error`` of Σφ + E − f(x)) and ``names``/``scores`` rankings of the signed
-      group means, readable by ``sc.get.rank_genes_groups_df(adata, group, key=key)``;
-    - ``interactions=True``: ``uns[key]["interactions"]`` (cells × features × features, float32) and
-      ``uns[key]["interactions_mean_abs"]`` (features × features DataFrame);
-    - ``keep_all=True``: on genes ``layers[f"{{key}}_{{output}}"]`` per explained output; with ``use_rep``
-      ``uns[key]["values"]`` (cells × dims × explained outputs, float32) and ``uns[key]["values_outputs"]``
-      (``obsm`` keeps two dimensions, so the three-dimensional array lives in ``uns``).
+    - with ``use_rep``: ``obsm[key]`` cells × dims (float32), ``obsm[key + "_summary"]`` (the per-cell summary
+      below), ``uns[key]["feature_names"]`` (``PC1`` … for ``X_pca``, ``{{use_rep}}_1`` … for other
+      embeddings), ``uns[key]["group_tables"]["mean"]`` and ``["mean_abs"]`` (dims × groups, signed and absolute
+      mean of each group's cells, columns in the order of ``uns[key]["groups"]``);
+    - on genes: ``layers[key]`` cells × genes, ``varm[key]`` and ``varm[key + "_mean_abs"]`` genes × groups, and
+      ``obsm[key]``, a per-cell DataFrame (``output`` f(x), ``expected_value``, ``sum_attributions``,
+      ``abs_error``);
+    - ``uns[key]``: ``params``, ``layout``, ``output_names``, ``groups``, ``expected_value`` (per output),
+      ``additivity`` (``max_abs_error``, ``median_abs_error`` of Σφ + E − f(x)) and ``names``/``scores``
+      rankings of the signed group means, readable by ``sc.get.rank_genes_groups_df(adata, group, key=key)``;
+    - ``interactions=True``: ``uns[key]["interactions"]`` (cells × features × features, float32),
+      ``uns[key]["interactions_mean_abs"]`` (features × features) over ``uns[key]["interaction_features"]``;
+    - ``keep_all=True``: on genes ``layers[key + "_out{{j}}"]`` per explained output ``j`` of
+      ``uns[key]["output_names"]``; with ``use_rep`` ``uns[key]["values"]`` (cells × dims × explained outputs,
+      float32) and ``uns[key]["values_outputs"]`` (their positions in ``output_names``).
 
     Examples
     --------
@@ -265,6 +269,7 @@ def tree_shap_gpu(
     if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
     key = Key.default(METHOD, key_added)
+    engine, device_used = _engine(device)
     paths = tree_paths(model).two_sided()
     from ..engines.treeshap_cpu import check_depth
 
@@ -276,14 +281,13 @@ def tree_shap_gpu(
     out_names = _inputs.resolve_output_names(
         output_names if output_names is not None else paths.output_names, paths.n_outputs, groups
     )
-    targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups)
+    targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups, n_obs=adata.n_obs)
     n_obs, n_feat = adata.n_obs, paths.n_features
     if interactions and n_obs * n_feat * n_feat > _MAX_INTERACTION_ELEMENTS:
         raise ValueError(
             f"Interaction values for {n_obs} cells × {n_feat}² features would not fit in memory; explain an "
             "embedding (`use_rep=`), fewer features or fewer cells."
         )
-    engine, device_used = _engine(device)
     bg = bg_idx = None
     if interventional:
         bg, bg_idx = _background(
@@ -304,7 +308,8 @@ def tree_shap_gpu(
     label_targets = None
     if not targets.per_cell_mode and groups is not None:
         try:
-            label_targets = _inputs.resolve_targets("label", output_names=out_names, groups=groups).per_cell
+            label_targets = _inputs.resolve_targets("label", output_names=out_names, groups=groups,
+                                                    n_obs=n_obs).per_cell
         except ValueError:
             label_targets = None
     own = _own_targets(targets, label_targets, predicted)
@@ -348,6 +353,7 @@ def tree_shap_gpu(
                 "keep_all": bool(keep_all),
                 "device": device_used,
                 "random_state": random_state,
+                **({"single_output": True} if targets.mode == "single" else {}),
             },
         ),
         copy=copy,
@@ -362,7 +368,7 @@ def _result(
     n_cols = len(feature_names)
     values = _scatter_columns(own_values, cols, n_cols)
     uns: dict[str, Any] = {
-        "output_names": out_names,
+        Key.uns.output_names: out_names,
         Key.uns.expected_value: np.asarray(expected, dtype=np.float64),
         Key.uns.additivity: {
             "max_abs_error": float(np.abs(errors).max()),
@@ -372,23 +378,19 @@ def _result(
     names = feature_names if cols is None else [feature_names[c] for c in cols]
     if inter is not None:
         uns["interactions"] = inter
-        uns["interactions_mean_abs"] = pd.DataFrame(np.abs(inter).mean(axis=0), index=names, columns=names)
+        uns["interactions_mean_abs"] = np.abs(inter).mean(axis=0)
+        uns["interaction_features"] = list(names)
     genes = params["use_rep"] is None
-    layers_extra: dict[str, np.ndarray] = {}
+    output_layers: dict[int, np.ndarray] = {}
     if all_values is not None:
-        listed = [out_names[c] for c in targets.classes]
         if genes:
-            layers_extra = {f"{key}_{n}": _scatter_columns(all_values[:, :, j], cols, n_cols) for j, n in
-                            enumerate(listed)}
+            output_layers = {int(c): _scatter_columns(all_values[:, :, j], cols, n_cols)
+                             for j, c in enumerate(targets.classes)}
         else:
             uns["values"] = np.stack([_scatter_columns(all_values[:, :, j], cols, n_cols) for j in
-                                      range(len(listed))], axis=2)
-            uns["values_outputs"] = listed
-    group_mean = ranking = None
-    if groups is not None:
-        group_mean = _inputs.group_means(values, groups, feature_names)
-        ranking = group_mean
-        uns[Key.uns.group_mean_abs] = _inputs.group_means(np.abs(values), groups, feature_names)
+                                      range(len(targets.classes))], axis=2)
+            uns["values_outputs"] = np.asarray(targets.classes, dtype=np.int64)
+    tables, group_names = _group_tables(values, groups, feature_names)
     cells = np.arange(adata.n_obs)
     own_err = np.abs(errors[:, -1])
     summary = pd.DataFrame(
@@ -400,10 +402,6 @@ def _result(
         },
         index=adata.obs_names,
     )
-    if not genes:
-        uns["feature_names"] = list(feature_names)
-        if group_mean is not None:
-            uns["group_mean"] = group_mean
     logger.info("%s: max additivity error %.3g", METHOD, uns[Key.uns.additivity]["max_abs_error"])
     return _store.Result(
         method=METHOD,
@@ -416,8 +414,11 @@ def _result(
         },
         layer=values if genes else None,
         obsm=summary if genes else values,
-        varm=group_mean if genes else None,
-        layers_extra=layers_extra,
-        ranking=ranking,
+        obsm_extra={} if genes else {Key.cell_summary(key): summary},
+        features=None if genes else list(feature_names),
+        groups=group_names,
+        group_tables=tables,
+        ranking=None if not tables else (tables[Key.table.mean], group_names),
+        output_layers=output_layers,
         uns=uns,
     )

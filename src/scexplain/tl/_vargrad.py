@@ -26,12 +26,6 @@ NOISE_DOCS = {
 of each cell kept fixed); noisy counts may be negative or non-integer, which is fine for a gradient. The draws of
 a cell depend only on ``random_state`` and the cell's position, not on ``batch_size``, device or dtype. The model
 is explained in eval mode (rows independent) and restored afterwards.""",
-    "returns": """``None``, or the modified copy when ``copy=True``. Writes (``key`` = ``key_added`` or the method's name):
-
-- ``layers[key]``: cells × genes attributions toward each cell's own target (its label, else the prediction);
-- ``varm[key]``: genes × groups mean attribution of each group's cells toward their group (with ``groupby``);
-- ``uns[key]``: ``params`` (method, noise, estimator, ...), ``output_names``, ``group_mean_abs`` and
-  ``names``/``scores`` rankings readable by ``sc.get.rank_genes_groups_df(adata, group, key=key)``.""",
     "model": """model
     A ``torch.nn.Module`` from genes to outputs (logits per class, or one value), or an scvi-tools
     ``SCANVI``/``SCVI`` model.""",
@@ -39,7 +33,7 @@ is explained in eval mode (rows independent) and restored afterwards.""",
     scvi-tools models only: ``"classifier"`` (scANVI's cell-type logits, the default for SCANVI) or ``"latent"``
     (the posterior mean of each latent dimension).""",
     "keep_all": """keep_all
-    With ``target="all"`` or a list, also store ``layers[f"{key}_{output}"]`` for every explained output.""",
+    With ``target="all"`` or a list, also store ``layers[f"{key}_out{j}"]`` for every explained output ``j``.""",
 }
 
 
