@@ -203,7 +203,8 @@ class _BatchAdapter(ModelAdapter):
         self.n_inputs = n_genes
 
     def covariates(self, adata, rows=None):
-        codes = pd.Categorical(adata.obs["batch"]).codes[rows]
+        codes = pd.Categorical(adata.obs["batch"]).codes
+        codes = codes if rows is None else codes[rows]
         return torch.nn.functional.one_hot(torch.as_tensor(codes, dtype=torch.long), 2).double()
 
     def forward(self, x, cov=None):

@@ -20,6 +20,7 @@ __all__ = [
     "check_adata",
     "check_finite",
     "check_seed",
+    "column_map",
     "dense_rows",
     "get_groups",
     "get_matrix",
@@ -27,6 +28,7 @@ __all__ = [
     "group_sums",
     "resolve_output_names",
     "resolve_targets",
+    "scatter_columns",
     "select_background",
     "stratified_indices",
 ]
@@ -61,22 +63,22 @@ def get_matrix(adata: AnnData, *, layer: str | None = None, use_raw: bool = Fals
 
 
 def check_finite(X, what: str = "input matrix") -> None:
-    """Raise if ``X`` (dense, sparse or dask) holds NaN or infinite values."""
-    data = X.data if sparse.issparse(X) else X
-    if hasattr(data, "dask"):  # dask array: one reduction
-        n_bad = int((~_isfinite(data)).sum().compute())
+    """Raise if ``X`` (dense, sparse, or a dask array of dense or sparse chunks) holds NaN or infinite values."""
+    if hasattr(X, "dask"):  # one reduction over the chunks, whatever their type
+        counts = X.map_blocks(lambda b: np.full((1,) * b.ndim, _count_nonfinite(b), dtype=np.int64),
+                              dtype=np.int64, chunks=(1,) * X.ndim)
+        n_bad = int(counts.sum().compute())
     else:
-        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(np.asarray(data))))
+        n_bad = _count_nonfinite(X)
     if n_bad:
         raise ValueError(
             f"The {what} contains {n_bad} NaN or infinite values; impute or filter them before explaining."
         )
 
 
-def _isfinite(data):
-    import dask.array as da
-
-    return da.isfinite(data)
+def _count_nonfinite(block) -> int:
+    data = block.data if sparse.issparse(block) else np.asarray(block)
+    return int(np.size(data) - np.count_nonzero(np.isfinite(data)))
 
 
 def check_seed(random_state) -> None:
@@ -341,3 +343,20 @@ def group_sums(values: np.ndarray, groups: pd.Categorical) -> tuple[np.ndarray, 
     onehot = np.zeros((n_groups, len(codes)))
     onehot[codes, np.arange(len(codes))] = 1.0
     return onehot @ np.asarray(values, dtype=np.float64), onehot.sum(axis=1)
+
+
+def column_map(names: pd.Index, var_names: pd.Index) -> np.ndarray | None:
+    """Positions of the model's features in ``var_names`` (``None`` when identical; ``-1`` for absent ones)."""
+    if len(names) == len(var_names) and (np.asarray(names) == np.asarray(var_names)).all():
+        return None
+    return pd.Index(var_names).get_indexer(names)
+
+
+def scatter_columns(values: np.ndarray, pos: np.ndarray | None, n_columns: int) -> np.ndarray:
+    """Put model-feature columns (last axis) at their positions ``pos`` among ``n_columns``; the others get 0."""
+    if pos is None:
+        return values
+    out = np.zeros((*values.shape[:-1], n_columns), dtype=values.dtype)
+    keep = pos >= 0
+    out[..., pos[keep]] = values[..., keep]
+    return out

@@ -21,7 +21,7 @@ from ._keys import LAYOUT_VERSION, Key, check_key
 
 __all__ = [
     "Result", "anndata_013_rules", "check_storable", "h5ad_safe", "is_result", "ranking_recarrays",
-    "storage_problems", "write",
+    "storage_problems", "versions", "write",
 ]
 
 
@@ -135,6 +135,19 @@ def _version() -> str:
     return __version__
 
 
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of scexplain and ``packages`` (``"unknown"`` when not installed), for the params."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"scexplain": _version()}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
 def is_result(value: Any) -> bool:
     """Whether an ``adata.uns`` entry is a scexplain result (its params record the scexplain version)."""
     if not isinstance(value, Mapping):
@@ -210,9 +223,13 @@ def _check_rows(what: str, n: int, expected: int, axis: str) -> None:
         raise ValueError(f"{what} has {n} rows but the AnnData has {expected} {axis}.")
 
 
-def _cells_by_genes(k: str, value, adata: AnnData) -> np.ndarray:
-    value = np.asarray(value, dtype=np.float32)
-    if value.shape != adata.shape:
+def _cells_by_genes(k: str, value, adata: AnnData):
+    """A cells × genes float32 layer; a dask array stays one (spilled results are streamed on write)."""
+    if hasattr(value, "dask"):
+        value = value if value.dtype == np.float32 else value.astype(np.float32)
+    else:
+        value = np.asarray(value, dtype=np.float32)
+    if tuple(value.shape) != tuple(adata.shape):
         raise ValueError(f"layers[{k!r}] has shape {value.shape}, expected {adata.shape} (cells × genes).")
     return value
 
@@ -258,7 +275,7 @@ def write(adata: AnnData, result: Result, *, copy: bool = False) -> AnnData | No
         if isinstance(value, pd.DataFrame):
             value = value.copy()
             value.index = adata.obs_names
-        else:
+        elif not hasattr(value, "dask"):
             value = np.asarray(value, dtype=np.float32)
         obsm[key] = value
     for k, v in result.obsm_extra.items():

@@ -133,8 +133,13 @@ def test_noise_is_per_cell_reproducible_and_independent_of_chunking():
     x = _inputs(10)
     whole = eng.NoiseSampler(6, noise_level=0.1, stdev=None, random_state=7)(x)
     s = eng.NoiseSampler(6, noise_level=0.1, stdev=None, random_state=7)
-    parts = torch.cat([s(x[:3]), s(x[3:4]), s(x[4:])])
+    parts = torch.cat([s(x[:3], np.arange(3)), s(x[3:4], [3]), s(x[4:], np.arange(4, 10))])
     np.testing.assert_array_equal(whole.numpy(), parts.numpy())
+    # blocks in any order: the draws follow the cells' global indices, not the call order
+    late = torch.cat([s(x[4:], np.arange(4, 10)), s(x[:4], np.arange(4))])
+    np.testing.assert_array_equal(late.numpy(), torch.cat([whole[4:], whole[:4]]).numpy())
+    with pytest.raises(ValueError, match="one global index per cell"):
+        s(x[:3], np.arange(2))
     other = eng.NoiseSampler(6, noise_level=0.1, stdev=None, random_state=8)(x)
     assert not np.allclose(whole.numpy(), other.numpy())
     # the same draws in float32 and float64 (only σ is computed in the input's dtype)

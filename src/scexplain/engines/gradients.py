@@ -173,9 +173,10 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 class NoiseSampler:
     """Gaussian input noise, reproducible per cell.
 
-    The draws for the ``i``-th cell the sampler sees (counting over successive calls) come from a generator seeded
-    by a hash of ``(random_state, i)``: they do not depend on how cells are chunked, on the device or on the dtype
-    (standard normals are drawn on the CPU in float32, exact in float64 too, then moved, cast and scaled).
+    The draws of the cell with global index ``i`` (its row in the AnnData) come from a generator seeded by a hash
+    of ``(random_state, i)``: they do not depend on how cells are chunked or in which order blocks run (on a
+    cluster too), on the device or on the dtype (standard normals are drawn on the CPU in float32, exact in float64
+    too, then moved, cast and scaled). The sampler holds no state between calls.
 
     Parameters
     ----------
@@ -192,23 +193,24 @@ class NoiseSampler:
         self.noise_level, self.stdev = noise_level, stdev
         base = np.random.SeedSequence().entropy if random_state is None else random_state
         self._base = _splitmix64(np.asarray([int(base) % 2**64], dtype=np.uint64))[0]
-        self._offset = 0
-        self._gen = torch.Generator(device="cpu")
 
-    def standard(self, n_cells: int, n_genes: int) -> torch.Tensor:
-        """Standard normal draws (n × S × G) for the next ``n_cells`` cells (CPU, float32)."""
-        idx = np.arange(self._offset, self._offset + n_cells, dtype=np.uint64)
+    def standard(self, rows: np.ndarray, n_genes: int) -> torch.Tensor:
+        """Standard normal draws (n × S × G) of the cells with global indices ``rows`` (CPU, float32)."""
+        idx = np.asarray(rows, dtype=np.uint64)
         seeds = _splitmix64(self._base ^ _splitmix64(idx))
-        self._offset += n_cells
-        out = torch.empty((n_cells, self.n_samples, n_genes), dtype=torch.float32)
+        out = torch.empty((len(idx), self.n_samples, n_genes), dtype=torch.float32)
+        gen = torch.Generator(device="cpu")
         for i, seed in enumerate(seeds.tolist()):
-            self._gen.manual_seed(seed)
-            torch.randn((self.n_samples, n_genes), generator=self._gen, dtype=torch.float32, out=out[i])
+            gen.manual_seed(seed)
+            torch.randn((self.n_samples, n_genes), generator=gen, dtype=torch.float32, out=out[i])
         return out
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Noise ε (n × S × G) for the cells ``x`` (next in order), on ``x``'s device and dtype."""
-        eps = self.standard(x.shape[0], x.shape[1]).to(device=x.device, dtype=x.dtype)
+    def __call__(self, x: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """Noise ε (n × S × G) for the cells ``x`` with global indices ``rows`` (default ``0 … n−1``)."""
+        rows = np.arange(x.shape[0]) if rows is None else np.asarray(rows)
+        if rows.shape != (x.shape[0],):
+            raise ValueError(f"`rows` must give one global index per cell ({x.shape[0]}), got shape {rows.shape}.")
+        eps = self.standard(rows, x.shape[1]).to(device=x.device, dtype=x.dtype)
         return eps.mul_(noise_scale(x, self.noise_level, self.stdev)[:, None, None])
 
 

@@ -65,6 +65,12 @@ class ModelAdapter:
         """Per-cell covariate tensor for ``rows`` (``None`` when the model has none)."""
         return None
 
+    def check_rows(self, x: np.ndarray) -> None:
+        """Raise unless the dense rows ``x`` are valid input (finite); dask inputs are checked block by block."""
+        from .._inputs import check_finite
+
+        check_finite(x, "input matrix")
+
     # --- model --------------------------------------------------------------------------------------------
     def forward(self, x, cov=None):
         """Outputs (cells × n_outputs) for inputs ``x`` and covariates ``cov``."""

@@ -117,9 +117,8 @@ class ScviAdapter(ModelAdapter):
             raise ValueError(
                 f"The {type(model).__name__} model is not trained; call `model.train()` before explaining it."
             )
-        module = model.module
-        self.model = model
-        self.module = module
+        module = model.module  # the model itself (and its training AnnData) is not kept: the adapter travels to
+        self.module = module   # dask workers
         self.explain = explain
         self.explains_latent = explain == "latent"
 
@@ -216,11 +215,18 @@ class ScviAdapter(ModelAdapter):
                     f"{missing[:5].tolist()}); the AnnData must hold every gene the model was trained on."
                 )
             X = X[:, pos]
-        if self.expects_counts:
+        self._where = where
+        if self.expects_counts and not hasattr(X, "dask"):  # dask input: checked block by block (one pass)
             _check_counts(X, where, self.counts_layer)
         if self.has_covariates and all(k in adata.obs.columns for k in self._obs_keys()):
             self.covariates(adata, None)  # validate every cell's covariates now, before any work
         return X, self.var_names
+
+    def check_rows(self, x: np.ndarray) -> None:
+        """Raise unless the rows ``x`` (a block of a dask input) are finite counts as the model expects."""
+        super().check_rows(x)
+        if self.expects_counts:
+            _check_counts(x, getattr(self, "_where", "the input"), self.counts_layer)
 
     def _obs_keys(self) -> list[str]:
         keys = [self._batch_key] if self._use_batch and self._batch_key is not None else []

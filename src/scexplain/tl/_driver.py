@@ -1,21 +1,23 @@
-"""The one data flow every per-cell attribution method follows (DESIGN.md "Data flow").
+"""The data flow of every attribution method on a differentiable model (DESIGN.md "Data flow").
 
-validate → adapter → background → predictions and targets → engine over chunks of cells → one :func:`_store.write`.
+validate → adapter → background → block function → :func:`~scexplain.tl._blocks.map_reduce` over blocks of cells
+→ one :func:`_store.write`.
 
-An *engine* is a callable ``engine(x, cov, classes) -> EngineOutput`` on torch tensors of one chunk of cells:
-``x`` (n × G, the model's inputs), ``cov`` (n × k covariates or ``None``) and ``classes`` (n × C output indices to
-explain for each cell). The ``tl`` functions build their engine from an :class:`EngineContext` and call
-:func:`explain_cells`.
+An *engine* is a callable ``engine(x, cov, classes, rows) -> EngineOutput`` on torch tensors of one batch of cells:
+``x`` (n × G, the model's inputs), ``cov`` (n × k covariates or ``None``), ``classes`` (n × C output indices to
+explain for each cell) and ``rows`` (the cells' global indices, for per-cell seeds). The ``tl`` functions build
+their engine from an :class:`EngineContext` and call :func:`explain_cells`.
 
-Latent mode: an adapter with ``explains_latent = True`` (scVI/scANVI with ``explain="latent"``) has latent
-dimensions as outputs and no per-cell target; :func:`explain_cells` then hands over to :func:`_explain_latent`,
-which explains every cell toward every (listed) dimension and stores genes × dimensions summaries instead of a
-``layers`` entry (see its docstring for the keys).
+The block function (:class:`CellBlocks`, or :class:`LatentBlocks` for scVI/scANVI latent dimensions) holds
+everything a block needs — adapter, background, each cell's covariates, targets and group — and nothing of the
+AnnData, so that it can travel to dask workers; it computes predictions, targets and attributions of its cells in
+one go and returns their per-group sums and per-cell summaries along with the attributions.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,17 +28,17 @@ from anndata import AnnData
 
 from .. import _inputs, _store
 from .._keys import Key
-from .._progress import progress_iter
 from ..models import ModelAdapter, adapt
+from ._blocks import BlockOutput, is_dask, iter_batches, map_reduce
 
-__all__ = ["EngineContext", "EngineOutput", "explain_cells"]
+__all__ = ["CellBlocks", "EngineContext", "EngineOutput", "LatentBlocks", "explain_cells"]
 
 logger = logging.getLogger("scexplain")
 
 
 @dataclass
 class EngineOutput:
-    """What an engine returns for one chunk of ``n`` cells and ``C`` explained outputs each.
+    """What an engine returns for one batch of ``n`` cells and ``C`` explained outputs each.
 
     Attributes
     ----------
@@ -75,48 +77,236 @@ def _tensor(a: np.ndarray, device, dtype):
     return torch.as_tensor(a, device=device, dtype=dtype)
 
 
-def _forward_all(adapter: ModelAdapter, adata: AnnData, X, *, batch_size: int, device, dtype) -> np.ndarray:
-    """Model outputs for every cell (n_obs × n_outputs), no gradients."""
-    import torch
+# --- targets -----------------------------------------------------------------------------------------------------
+@dataclass
+class OwnTargets:
+    """Which outputs each cell is explained toward.
 
-    outs = []
-    with torch.no_grad():
-        for start in range(0, X.shape[0], batch_size):
-            rows = np.arange(start, min(start + batch_size, X.shape[0]))
-            x = _tensor(_inputs.dense_rows(X, rows), device, dtype)
-            cov = adapter.covariates(adata, rows)
-            cov = None if cov is None else cov.to(device=device, dtype=dtype)
-            outs.append(adapter.forward(x, cov).detach().cpu().double().numpy())
-    return np.concatenate(outs, axis=0)
+    Attributes
+    ----------
+    listed
+        Output indices explained for every cell (``target="all"`` or a list), or ``None`` (one per cell).
+    labels
+        Global per-cell own target (the label's output, or the only output of a single-output model), ``-1``
+        where the cell's prediction is its own target; ``None``: every cell's prediction.
+    """
 
+    listed: np.ndarray | None
+    labels: np.ndarray | None
 
-def _own_targets(targets: _inputs.Targets, label_targets: np.ndarray | None, predicted: np.ndarray) -> np.ndarray:
-    """Each cell's own target: its label when labels match outputs, else the prediction."""
-    if targets.per_cell is not None:
-        return targets.per_cell
-    if label_targets is not None:
-        return label_targets
-    return predicted
+    def needs_prediction(self, rows: np.ndarray) -> bool:
+        """Whether some of the cells ``rows`` take their prediction as own target."""
+        return self.labels is None or bool((self.labels[rows] < 0).any())
 
-
-def _column_map(names: pd.Index, var_names: pd.Index) -> np.ndarray | None:
-    """Positions of the model's genes in ``adata.var_names`` (``None`` when identical)."""
-    if len(names) == len(var_names) and (np.asarray(names) == np.asarray(var_names)).all():
-        return None
-    pos = pd.Index(var_names).get_indexer(names)
-    return pos
-
-
-def _scatter_columns(values: np.ndarray, pos: np.ndarray | None, n_vars: int) -> np.ndarray:
-    """Put model-gene columns at their AnnData positions; genes the model does not see get 0."""
-    if pos is None:
-        return values
-    out = np.zeros((values.shape[0], n_vars), dtype=values.dtype)
-    keep = pos >= 0
-    out[:, pos[keep]] = values[:, keep]
-    return out
+    def resolve(self, rows: np.ndarray, predicted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(classes n × C, own_col n)``: explained outputs of the cells ``rows`` and the column of their own one."""
+        own = self.labels[rows] if self.labels is not None else predicted
+        if self.labels is not None and (own < 0).any():
+            own = np.where(own < 0, predicted, own)
+        n = len(rows)
+        if self.listed is None:
+            return own[:, None], np.zeros(n, dtype=np.int64)
+        hit = self.listed[None, :] == own[:, None]
+        extra = ~hit.any(axis=1)
+        classes = np.tile(self.listed, (n, 1))
+        if extra.any():  # some cell's own target is not listed: explain it too, in one more column
+            classes = np.concatenate([classes, own[:, None]], axis=1)
+        return classes, np.where(extra, len(self.listed), hit.argmax(axis=1))
 
 
+def own_targets(targets: _inputs.Targets, label_targets: np.ndarray | None) -> OwnTargets:
+    """:class:`OwnTargets` of resolved ``targets`` (``label_targets``: the labels' outputs when they are outputs)."""
+    if targets.per_cell_mode:
+        return OwnTargets(None, None if targets.mode == "predicted" else targets.per_cell)
+    return OwnTargets(np.asarray(targets.classes, dtype=np.int64), label_targets)
+
+
+# --- block functions ---------------------------------------------------------------------------------------------
+class _Blocks:
+    """Shared state of the block functions: the adapter on its device, the engine (built once per process)."""
+
+    #: how many block functions this process received from another one (dask workers: once per call)
+    unpickled = 0
+
+    def __init__(self, *, adapter, engine_factory, background, random_state, n_outputs, device, dtype, batch_size,
+                 cov, codes, n_groups, pos, n_vars, check_rows):
+        self.adapter = adapter
+        self.engine_factory = engine_factory
+        self.background = background  # numpy (B × G) or None
+        self.random_state = random_state
+        self.n_outputs = n_outputs
+        self.device, self.dtype = device, dtype
+        self.batch_size = batch_size
+        self.cov = cov  # numpy (n_obs × k) or None
+        self.codes, self.n_groups = codes, n_groups
+        self.pos, self.n_vars = pos, n_vars
+        self.check_rows = check_rows
+        self._engine = None
+        self._lock = threading.Lock()
+        #: engine calls (batches) this process ran; tests count them
+        self.calls = 0
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_engine"] = None  # every process builds its own engine (and its background cache)
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        _Blocks.unpickled += 1
+
+    @property
+    def np_dtype(self):
+        import torch
+
+        return np.float64 if self.dtype == torch.float64 else np.float32
+
+    def engine(self):
+        if self._engine is None:
+            ctx = EngineContext(
+                adapter=self.adapter, device=self.device, dtype=self.dtype,
+                background=None if self.background is None else _tensor(self.background, self.device, self.dtype),
+                random_state=self.random_state, n_outputs=self.n_outputs,
+            )  # fmt: skip
+            self._engine = self.engine_factory(ctx)
+        return self._engine
+
+    def rows_of(self, x_block) -> np.ndarray:
+        x = _inputs.dense_rows(x_block, None, self.np_dtype)
+        if self.check_rows:
+            self.adapter.check_rows(x)
+        return x
+
+    def cov_of(self, rows: np.ndarray):
+        return None if self.cov is None else _tensor(self.cov[rows], self.device, self.dtype)
+
+    def group_sums(self, rows: np.ndarray, values: np.ndarray, name: str, out: dict) -> None:
+        """Add per-group sums of ``values`` (cells × ...) over the cells ``rows`` to ``out[name]``."""
+        if self.codes is None:
+            return
+        onehot = np.zeros((self.n_groups, len(rows)))
+        onehot[self.codes[rows], np.arange(len(rows))] = 1.0
+        flat = values.reshape(len(rows), -1).astype(np.float64)
+        out[name] = (onehot @ flat).reshape(self.n_groups, *values.shape[1:])
+        out.setdefault("group_count", onehot.sum(axis=1))
+
+
+class CellBlocks(_Blocks):
+    """Block function of the per-cell methods: each cell toward its own target (and the listed outputs).
+
+    Layers: ``"own"`` (cells × ``n_vars``) and, with ``keep_all``, ``"out{j}"`` per listed output ``j``. Sums (with
+    ``groupby``): ``group_sum``, ``group_abs``, ``group_count``. Per cell: ``summary`` (output, reference,
+    Σφ, relative error of the own target) and the additivity errors ``rel``/``abs`` (methods with a completeness
+    property).
+    """
+
+    def __init__(self, *, targets: OwnTargets, keep_all: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.targets = targets
+        self.keep_all = keep_all and targets.listed is not None
+
+    def __call__(self, x_block, rows: np.ndarray) -> BlockOutput:
+        import torch
+
+        x_all = self.rows_of(x_block)
+        n, n_genes = x_all.shape
+        own_attr = np.zeros((n, n_genes))
+        kept = {int(c): np.zeros((n, n_genes)) for c in self.targets.listed} if self.keep_all else {}
+        summary = np.full((n, 4), np.nan)
+        rel, err_abs = np.full(n, np.nan), np.full(n, np.nan)
+        checked = False
+        engine = self.engine()
+        for part in iter_batches(n, self.batch_size):
+            r = rows[part]
+            x = _tensor(x_all[part], self.device, self.dtype)
+            cov = self.cov_of(r)
+            predicted = None
+            if self.targets.needs_prediction(r):
+                with torch.no_grad():
+                    predicted = self.adapter.forward(x, cov).argmax(1).cpu().numpy()
+            classes, own_col = self.targets.resolve(r, predicted)
+            cls = torch.as_tensor(classes, device=self.device, dtype=torch.long)
+            with self._lock:
+                out = engine(x, cov, cls, r)
+                self.calls += 1
+            attr = out.attributions.detach().cpu().double().numpy()  # m × C × G
+            i = np.arange(len(r))
+            own_attr[part] = attr[i, own_col]
+            for j, c in enumerate(self.targets.listed if kept else ()):
+                kept[int(c)][part] = attr[:, j]
+            if out.output is not None and out.reference is not None:
+                checked = True
+                fx = out.output.detach().cpu().double().numpy()
+                ref = out.reference.detach().cpu().double().numpy()
+                delta, err = fx - ref, attr.sum(-1) - (fx - ref)
+                rel[part] = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
+                err_abs[part] = np.abs(err).max(axis=1)
+                summary[part] = np.stack([fx[i, own_col], ref[i, own_col], attr[i, own_col].sum(-1),
+                                          np.abs(err[i, own_col]) / np.maximum(np.abs(delta[i, own_col]), 1e-12)],
+                                         axis=1)
+        own_genes = _inputs.scatter_columns(own_attr, self.pos, self.n_vars)
+        layers = {"own": own_genes.astype(np.float32)}
+        layers.update({f"out{c}": _inputs.scatter_columns(v, self.pos, self.n_vars).astype(np.float32)
+                       for c, v in kept.items()})
+        sums: dict[str, np.ndarray] = {}
+        self.group_sums(rows, own_genes, "group_sum", sums)
+        self.group_sums(rows, np.abs(own_genes), "group_abs", sums)
+        cells = {"summary": summary, "rel": rel, "abs": err_abs} if checked else {}
+        return BlockOutput(layers=layers, sums=sums, cells=cells)
+
+
+class LatentBlocks(_Blocks):
+    """Block function of latent mode: every cell toward every explained latent dimension.
+
+    Sums: ``latent_sum``/``latent_abs`` (dims × ``n_vars``) over all cells and, with ``groupby``, ``group_abs``
+    (groups × dims × ``n_vars``) and ``group_count``. Per cell: the references ``expected`` (cells × dims) and the
+    additivity errors ``rel``/``abs``. Layers only with ``keep_all``: ``"out{d}"`` per dimension.
+    """
+
+    def __init__(self, *, dims: np.ndarray, keep_all: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.dims = np.asarray(dims, dtype=np.int64)
+        self.keep_all = keep_all
+
+    def __call__(self, x_block, rows: np.ndarray) -> BlockOutput:
+        import torch
+
+        x_all = self.rows_of(x_block)
+        n, n_genes = x_all.shape
+        n_dims = len(self.dims)
+        attr_all = np.zeros((n, n_dims, n_genes))
+        expected = np.full((n, n_dims), np.nan)
+        rel, err_abs = np.full(n, np.nan), np.full(n, np.nan)
+        checked = False
+        engine = self.engine()
+        for part in iter_batches(n, self.batch_size):
+            r = rows[part]
+            x = _tensor(x_all[part], self.device, self.dtype)
+            cls = torch.as_tensor(np.tile(self.dims, (len(r), 1)), device=self.device, dtype=torch.long)
+            with self._lock:
+                out = engine(x, self.cov_of(r), cls, r)
+                self.calls += 1
+            attr = out.attributions.detach().cpu().double().numpy()  # m × D × G
+            attr_all[part] = attr
+            if out.output is not None and out.reference is not None:
+                checked = True
+                fx = out.output.detach().cpu().double().numpy()
+                ref = out.reference.detach().cpu().double().numpy()
+                delta, err = fx - ref, attr.sum(-1) - (fx - ref)
+                rel[part] = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
+                err_abs[part] = np.abs(err).max(axis=1)
+                expected[part] = ref
+        genes = _inputs.scatter_columns(attr_all, self.pos, self.n_vars)  # n × D × n_vars
+        sums = {"latent_sum": genes.sum(axis=0), "latent_abs": np.abs(genes).sum(axis=0)}
+        self.group_sums(rows, np.abs(genes), "group_abs", sums)
+        layers = {f"out{d}": genes[:, j].astype(np.float32) for j, d in enumerate(self.dims)} if self.keep_all else {}
+        cells = {"expected": expected, "rel": rel, "abs": err_abs} if checked else {}
+        return BlockOutput(layers=layers, sums=sums, cells=cells)
+
+
+# --- the driver ------------------------------------------------------------------------------------------------------
 def explain_cells(
     adata: AnnData,
     model,
@@ -140,6 +330,7 @@ def explain_cells(
     keep_all: bool = False,
     explain: str | None = None,
     params: dict[str, Any] | None = None,
+    expected_of: str = "background",
 ) -> AnnData | None:
     """Run a per-cell attribution method on every cell of ``adata`` and store the result.
 
@@ -152,12 +343,20 @@ def explain_cells(
     n_background
         ``None`` when the method needs no background (then ``background`` is ignored).
     keep_all
-        With ``target="all"`` or a list: also store ``layers[f"{key}_{output}"]`` for every explained output.
+        With ``target="all"`` or a list: also store ``layers[Key.output_layer(key, j)]`` per explained output.
     explain
         scvi-tools models: ``"classifier"`` or ``"latent"``; passed to :func:`scexplain.models.adapt` (which
         rejects it for other models) and stored in the params.
     params
         Method-specific parameters stored with the common ones.
+    expected_of
+        What ``uns[key]["expected_value"]`` is the model output of (models without covariates): the mean over
+        the background cells (``"background"``) or the output at the mean background cell
+        (``"background_mean"``, integrated gradients' baseline of that name).
+
+    A dask-backed input matrix is explained block by block over its own chunks (on a ``distributed`` cluster when
+    a client is active) and the layers stay dask arrays, read back from a spill store (see
+    :mod:`scexplain.tl._blocks`).
     """
     import torch
 
@@ -166,15 +365,17 @@ def explain_cells(
     # 1. validate: raise before touching anything
     _inputs.check_adata(adata)
     check_device(device)
-    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     _inputs.check_seed(random_state)
     key = Key.default(method, key_added)
     adapter = adapt(model, output_names=output_names, **({} if explain is None else {"explain": explain}))
     X, names = adapter.input_matrix(adata, layer=layer, use_raw=use_raw)
-    _inputs.check_finite(X, "input matrix")
+    lazy = is_dask(X)
+    if not lazy:  # a dask input is checked block by block, in the one pass over it
+        _inputs.check_finite(X, "input matrix")
     latent = bool(getattr(adapter, "explains_latent", False))
-    latent_classes = _latent_targets(adapter, target) if latent else None
+    dims = _latent_targets(adapter, target) if latent else None
     if groupby is None:
         groupby = adapter.default_groupby
         if groupby is not None and groupby not in adata.obs.columns:
@@ -208,150 +409,117 @@ def explain_cells(
             matrix_of=lambda b: adapter.input_matrix(b, layer=layer, use_raw=use_raw)[0],
             dtype=np_dtype,
         )
-    pos = _column_map(pd.Index(names), adata.var_names)
+    pos = _inputs.column_map(pd.Index(names), adata.var_names)
     if pos is not None and (pos < 0).all():
         raise ValueError("None of the model's genes are in adata.var_names; cannot store gene attributions.")
-
-    if latent:
-        return _explain_latent(
-            adata,
-            model,
-            adapter,
-            X,
-            latent_classes,
-            method=method,
-            engine_factory=engine_factory,
-            key=key,
-            groups=groups,
-            pos=pos,
-            bg=bg,
-            bg_idx=bg_idx,
-            batch_size=batch_size,
-            device=dev,
-            dtype=tdtype,
-            random_state=random_state,
-            copy=copy,
-            progress=progress,
-            keep_all=keep_all,
-            params=params,
-        )
-
+    cov = adapter.covariates(adata, None)
+    cov = None if cov is None else cov.detach().cpu().double().numpy()
     n_obs = adata.n_obs
-    with adapter.explaining(dev, tdtype):
-        # 2. predictions, output names and targets
-        fx_all = _forward_all(adapter, adata, X, batch_size=batch_size, device=dev, dtype=tdtype)
-        n_outputs = fx_all.shape[1]
-        out_names = _inputs.resolve_output_names(adapter.output_names or output_names, n_outputs, groups)
-        unlabeled = adapter.unlabeled_category
-        targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups, unlabeled=unlabeled,
-                                          n_obs=n_obs)
-        predicted = fx_all.argmax(axis=1)
-        if targets.mode == "predicted" or (targets.per_cell is not None and (targets.per_cell < 0).any()):
-            targets = targets.with_predictions(predicted)
-        label_targets = None
-        if not targets.per_cell_mode and groups is not None:
-            try:
-                labels = _inputs.resolve_targets("label", output_names=out_names, groups=groups, unlabeled=unlabeled,
-                                                 n_obs=n_obs)
-                label_targets = np.where(labels.per_cell < 0, predicted, labels.per_cell)
-            except ValueError:
-                label_targets = None
-        own = _own_targets(targets, label_targets, predicted)
-        # per cell: the explained classes, own target last when it is not already among them
-        if targets.per_cell_mode:
-            classes = own[:, None]
-            own_col = np.zeros(n_obs, dtype=np.int64)
-        else:
-            listed = targets.classes
-            hit = listed[None, :] == own[:, None]
-            extra = ~hit.any(axis=1)
-            classes = np.tile(listed, (n_obs, 1))
-            if extra.any():  # some cell's own target is not listed: explain it too, in one more column
-                classes = np.concatenate([classes, own[:, None]], axis=1)
-            own_col = np.where(extra, len(listed), hit.argmax(axis=1))
 
-        # 3. engine over chunks of cells
-        ctx = EngineContext(
-            adapter=adapter,
-            device=dev,
-            dtype=tdtype,
-            background=None if bg is None else _tensor(bg, dev, tdtype),
-            random_state=random_state,
-            n_outputs=n_outputs,
-        )
-        engine = engine_factory(ctx)
-        n_model_genes = X.shape[1]
-        own_attr = np.zeros((n_obs, n_model_genes), dtype=np.float32)
-        all_attr = (
-            {c: np.zeros((n_obs, n_model_genes), dtype=np.float32) for c in targets.classes}
-            if keep_all and not targets.per_cell_mode
-            else {}
-        )
-        summary_cols = ("output", "expected_value", "sum_attributions", "relative_error")
-        summary = np.full((n_obs, 4), np.nan)
-        check = _AdditivityCheck()
-        chunks = range(0, n_obs, batch_size)
-        for start in progress_iter(chunks, total=len(chunks), desc=method, enabled=progress):
-            rows = np.arange(start, min(start + batch_size, n_obs))
-            x = _tensor(_inputs.dense_rows(X, rows, np_dtype), dev, tdtype)
-            cov = adapter.covariates(adata, rows)
-            cov = None if cov is None else cov.to(device=dev, dtype=tdtype)
-            cls = torch.as_tensor(classes[rows], device=dev, dtype=torch.long)
-            out = engine(x, cov, cls)
-            attr = out.attributions.detach().cpu().double().numpy()  # n × C × G
-            sel = own_col[rows]
-            own_attr[rows] = attr[np.arange(len(rows)), sel]
-            for j, c in enumerate(targets.classes if all_attr else ()):
-                all_attr[c][rows] = attr[:, j]
-            checked = check.update(attr, out)
-            if checked is not None:
-                fx, ref, delta, err = checked
-                i = np.arange(len(rows))
-                summary[rows] = np.stack(
-                    [fx[i, sel], ref[i, sel], attr[i, sel].sum(-1), np.abs(err[i, sel]) / np.maximum(
-                        np.abs(delta[i, sel]), 1e-12)],
-                    axis=1,
-                )
+    with adapter.explaining(dev, tdtype):
+        n_outputs = _n_outputs(adapter, X, bg, cov, dev, tdtype)
+        common = dict(
+            adapter=adapter, engine_factory=engine_factory, background=bg, random_state=random_state,
+            n_outputs=n_outputs, device=dev, dtype=tdtype, batch_size=int(batch_size), cov=cov,
+            codes=None if groups is None else np.asarray(groups.codes),
+            n_groups=0 if groups is None else len(groups.categories), pos=pos, n_vars=adata.n_vars,
+            check_rows=lazy,
+        )  # fmt: skip
+        if latent:
+            out_names = [str(n) for n in adapter.output_names]
+            blocks = LatentBlocks(dims=dims, keep_all=keep_all, **common)
+        else:
+            out_names = _inputs.resolve_output_names(adapter.output_names or output_names, n_outputs, groups)
+            unlabeled = adapter.unlabeled_category
+            targets = _inputs.resolve_targets(target, output_names=out_names, groups=groups, unlabeled=unlabeled,
+                                              n_obs=n_obs)
+            label_targets = None
+            if not targets.per_cell_mode and groups is not None:
+                try:
+                    label_targets = _inputs.resolve_targets("label", output_names=out_names, groups=groups,
+                                                            unlabeled=unlabeled, n_obs=n_obs).per_cell
+                except ValueError:
+                    label_targets = None
+            blocks = CellBlocks(targets=own_targets(targets, label_targets),
+                                keep_all=keep_all and not targets.per_cell_mode, **common)
+            if targets.mode == "single":
+                params["single_output"] = True
+        reduced = map_reduce(X, blocks, block_rows=int(batch_size), desc=method, progress=progress)
         expected = None
         if bg is not None and not adapter.has_covariates:
-            expected = _background_mean(adapter, ctx.background)
+            ref = bg.mean(axis=0, keepdims=True) if expected_of == "background_mean" else bg
+            expected = _background_mean(adapter, _tensor(ref, dev, tdtype))
 
-    # 4. assemble, then write once
-    layer_values = _scatter_columns(own_attr, pos, adata.n_vars)
+    run_params = {**_run_params(model, bg, bg_idx, random_state, np_dtype, dev), **params}
+    if latent:
+        result = _latent_result(reduced, dims, out_names, groups, expected, key=key, method=method,
+                                params={**run_params, "explain": "latent"})
+    else:
+        result = _cell_result(reduced, out_names, groups, expected, adata, key=key, method=method,
+                              params=run_params)
+    return _store.write(adata, result, copy=copy)
+
+
+def _n_outputs(adapter: ModelAdapter, X, bg, cov, device, dtype) -> int:
+    """The model's number of outputs, from one forward pass on the first background row (or cell)."""
+    import torch
+
+    x = bg[:1] if bg is not None else _inputs.dense_rows(X, slice(0, 1))
+    c = None if cov is None else _tensor(cov[:1], device, dtype)
+    with torch.no_grad():
+        out = adapter.forward(_tensor(x, device, dtype), c)
+    return int(out.shape[1])
+
+
+def _group_tables(sums: dict[str, np.ndarray], groups, names: dict[str, str]) -> tuple[dict, list[str] | None]:
+    """Features × groups tables (``names``: table name → sum name) of the non-empty groups, and their names."""
+    if groups is None or "group_count" not in sums:
+        return {}, None
+    counts = sums["group_count"]
+    keep = counts > 0
+    tables = {t: (sums[s][keep] / counts[keep, None]).T for t, s in names.items()}
+    return tables, [str(c) for c, k in zip(groups.categories, keep, strict=True) if k]
+
+
+def _additivity(cells: dict[str, np.ndarray], what: str) -> dict[str, float] | None:
+    """Max and median relative error over cells, max absolute error; logged. ``None`` if nothing was checked."""
+    if "rel" not in cells:
+        return None
+    out = {
+        "max_relative_error": float(np.max(cells["rel"])),
+        "median_relative_error": float(np.median(cells["rel"])),
+        "max_abs_error": float(np.max(cells["abs"])),
+    }
+    logger.info("%s: max relative additivity error %.3g (median %.3g)", what, out["max_relative_error"],
+                out["median_relative_error"])
+    return out
+
+
+def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, params) -> _store.Result:
     uns: dict[str, Any] = {Key.uns.output_names: out_names}
-    additivity = check.summary(method)
+    additivity = _additivity(reduced.cells, method)
     if additivity is not None:
         uns[Key.uns.additivity] = additivity
     if expected is not None:
         uns[Key.uns.expected_value] = expected
     obsm = None
-    if not np.isnan(summary).all():
-        obsm = pd.DataFrame(summary, columns=list(summary_cols), index=adata.obs_names)
-    if targets.mode == "single":
-        params["single_output"] = True
-    tables, group_names = _group_tables(layer_values, groups, adata.var_names)
-    result = _store.Result(
+    if "summary" in reduced.cells:
+        obsm = pd.DataFrame(reduced.cells["summary"], index=adata.obs_names,
+                            columns=["output", "expected_value", "sum_attributions", "relative_error"])
+    tables, group_names = _group_tables(reduced.sums, groups, {Key.table.mean: "group_sum",
+                                                               Key.table.mean_abs: "group_abs"})
+    return _store.Result(
         method=method,
         key=key,
-        params={**_run_params(model, bg, bg_idx, random_state, np_dtype, dev), **params},
-        layer=layer_values,
+        params=params,
+        layer=reduced.layers["own"],
         obsm=obsm,
         groups=group_names,
         group_tables=tables,
         ranking=None if not tables else (tables[Key.table.mean], group_names),
-        output_layers={int(c): _scatter_columns(v, pos, adata.n_vars) for c, v in all_attr.items()},
+        output_layers={int(k[3:]): v for k, v in reduced.layers.items() if k.startswith("out")},
         uns=uns,
     )
-    return _store.write(adata, result, copy=copy)
-
-
-def _group_tables(values: np.ndarray, groups: pd.Categorical | None, feature_names) -> tuple[dict, list[str] | None]:
-    """``({"mean": ..., "mean_abs": ...}, group names)``: features × groups means over each non-empty group."""
-    if groups is None:
-        return {}, None
-    mean = _inputs.group_means(values, groups, feature_names)
-    mean_abs = _inputs.group_means(np.abs(values), groups, feature_names)
-    return {Key.table.mean: mean.to_numpy(), Key.table.mean_abs: mean_abs.to_numpy()}, [str(c) for c in mean.columns]
 
 
 def _latent_targets(adapter: ModelAdapter, target) -> np.ndarray:
@@ -367,169 +535,47 @@ def _latent_targets(adapter: ModelAdapter, target) -> np.ndarray:
     return _inputs.resolve_targets(target, output_names=names, groups=None).classes
 
 
-def _explain_latent(
-    adata: AnnData,
-    model,
-    adapter: ModelAdapter,
-    X,
-    dims: np.ndarray,
-    *,
-    method: str,
-    engine_factory: EngineFactory,
-    key: str,
-    groups: pd.Categorical | None,
-    pos: np.ndarray | None,
-    bg: np.ndarray | None,
-    bg_idx: np.ndarray | None,
-    batch_size: int,
-    device,
-    dtype,
-    random_state: int | None,
-    copy: bool,
-    progress: bool,
-    keep_all: bool,
-    params: dict[str, Any],
-) -> AnnData | None:
-    """Latent mode (adapters with ``explains_latent``): attributions of each gene to each latent dimension.
+def _latent_result(reduced, dims, out_names, groups, expected, *, key, method, params) -> _store.Result:
+    """Latent mode's result: genes × dims tables instead of ``layers[key]``.
 
-    Every cell is explained toward every dimension in ``dims``; attributions are only accumulated over cells
-    (never cells × genes × dims at once). Stores:
-
-    - ``varm[Key.latent(key)]``: genes × dims signed mean attribution over all cells;
-    - ``varm[Key.latent_abs(key)]``: genes × dims mean |attribution|; its columns are also ranked (highest first)
-      into ``uns[key]["names"/"scores"]`` with the dimensions as groups, so that
-      ``sc.get.rank_genes_groups_df(adata, "latent_0", key=key)`` lists each dimension's top genes;
-    - ``varm[Key.latent_groups(key)]`` (with ``groupby``): genes × groups × dims, float32, the mean
-      |attribution| over each group's cells (groups in ``uns[key]["groups"]``, groups without cells left out);
-    - ``obsm[key]`` (methods with a completeness property): per-cell DataFrame ``relative_error``
-      ‖Σφ − Δμ‖ / ‖Δμ‖ over the dimensions, and ``obsm[Key.expected_values(key)]``, cells × dims: the reference
-      mean_b f(b, c) of each dimension;
-    - ``uns[key]["additivity"]`` over all cells (relative error per cell over dimensions; max abs error over all
-      (cell, dimension) pairs), ``uns[key]["expected_value"]`` per dimension when the model has no covariates;
-    - nothing in ``layers[key]`` (a latent dimension is no cell's own target); with ``keep_all=True``,
-      ``layers[f"{key}_{dim}"]`` per explained dimension.
+    Stores ``varm[Key.latent(key)]`` (signed mean over cells), ``varm[Key.latent_abs(key)]`` (mean |φ|, also ranked
+    into ``uns[key]["names"/"scores"]`` with the dimensions as groups, so that ``sc.get.rank_genes_groups_df(adata,
+    "latent_0", key=key)`` lists each dimension's top genes), ``varm[Key.latent_groups(key)]`` with ``groupby``
+    (genes × groups × dims mean |φ|), ``obsm[key]`` (per-cell ``relative_error``) and
+    ``obsm[Key.expected_values(key)]`` (per-cell references) for methods with a completeness property, and
+    ``layers[Key.output_layer(key, d)]`` per dimension with ``keep_all``.
     """
-    import torch
-
-    n_obs = adata.n_obs
-    out_names = [str(n) for n in adapter.output_names]
+    sums, cells = reduced.sums, reduced.cells
     dim_names = [out_names[d] for d in dims]
-    n_dims = len(dims)
-    with adapter.explaining(device, dtype):
-        ctx = EngineContext(
-            adapter=adapter,
-            device=device,
-            dtype=dtype,
-            background=None if bg is None else _tensor(bg, device, dtype),
-            random_state=random_state,
-            n_outputs=len(out_names),
-        )
-        engine = engine_factory(ctx)
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        n_model_genes = X.shape[1]
-        sum_signed = np.zeros((n_dims, n_model_genes))
-        sum_abs = np.zeros((n_dims, n_model_genes))
-        codes = None if groups is None else np.asarray(groups.codes)
-        n_groups = 0 if groups is None else len(groups.categories)
-        group_abs = np.zeros((n_groups, n_dims * n_model_genes)) if groups is not None else None
-        kept = {int(d): np.zeros((n_obs, n_model_genes), dtype=np.float32) for d in dims} if keep_all else {}
-        expected_cells = np.full((n_obs, n_dims), np.nan)
-        check = _AdditivityCheck()
-        chunks = range(0, n_obs, batch_size)
-        for start in progress_iter(chunks, total=len(chunks), desc=method, enabled=progress):
-            rows = np.arange(start, min(start + batch_size, n_obs))
-            x = _tensor(_inputs.dense_rows(X, rows, np_dtype), device, dtype)
-            cov = adapter.covariates(adata, rows)
-            cov = None if cov is None else cov.to(device=device, dtype=dtype)
-            cls = torch.as_tensor(np.tile(dims, (len(rows), 1)), device=device, dtype=torch.long)
-            out = engine(x, cov, cls)
-            attr = out.attributions.detach().cpu().double().numpy()  # n × D × G
-            sum_signed += attr.sum(axis=0)
-            absval = np.abs(attr)
-            sum_abs += absval.sum(axis=0)
-            if group_abs is not None:
-                onehot = np.zeros((n_groups, len(rows)))
-                onehot[codes[rows], np.arange(len(rows))] = 1.0
-                group_abs += onehot @ absval.reshape(len(rows), -1)
-            for j, d in enumerate(dims if kept else ()):
-                kept[int(d)][rows] = attr[:, j]
-            checked = check.update(attr, out)
-            if checked is not None:
-                expected_cells[rows] = checked[1]
-        expected = None
-        if bg is not None and not adapter.has_covariates and check.rel:
-            expected = _background_mean(adapter, ctx.background)[dims]
-
-    # assemble, then write once
-    def genes_by_dims(values: np.ndarray) -> np.ndarray:
-        return _scatter_columns(values, pos, adata.n_vars).T  # n_vars × D
-
-    mean_signed = genes_by_dims(sum_signed / n_obs)
-    mean_abs = genes_by_dims(sum_abs / n_obs)
     uns: dict[str, Any] = {Key.uns.output_names: out_names, Key.uns.latent_dims: dim_names}
-    additivity = check.summary(f"{method} (latent)")
+    additivity = _additivity(cells, f"{method} (latent)")
     if additivity is not None:
         uns[Key.uns.additivity] = additivity
-    if expected is not None:
-        uns[Key.uns.expected_value] = expected
-    varm_extra = {Key.latent(key): mean_signed, Key.latent_abs(key): mean_abs}
-    if group_abs is not None:
-        counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
+    if expected is not None and additivity is not None:
+        uns[Key.uns.expected_value] = expected[dims]
+    n = float(reduced.n_rows)
+    varm_extra = {Key.latent(key): sums["latent_sum"].T / n, Key.latent_abs(key): sums["latent_abs"].T / n}
+    if "group_count" in sums:
+        counts = sums["group_count"]
         keep = np.flatnonzero(counts > 0)
-        means = (group_abs[keep] / counts[keep, None]).reshape(len(keep), n_dims, n_model_genes)
-        cube = np.stack([_scatter_columns(m, pos, adata.n_vars).T for m in means], axis=1)  # genes × groups × D
-        varm_extra[Key.latent_groups(key)] = cube.astype(np.float32)
+        cube = sums["group_abs"][keep] / counts[keep, None, None]  # groups × D × n_vars
+        varm_extra[Key.latent_groups(key)] = cube.transpose(2, 0, 1).astype(np.float32)
         uns[Key.uns.groups] = [str(groups.categories[g]) for g in keep]
     obsm = obsm_extra = None
     if additivity is not None:
-        obsm = pd.DataFrame({"relative_error": np.concatenate(check.rel)}, index=adata.obs_names)
-        obsm_extra = {Key.expected_values(key): expected_cells}
-    result = _store.Result(
+        obsm = pd.DataFrame({"relative_error": cells["rel"]})
+        obsm_extra = {Key.expected_values(key): cells["expected"]}
+    return _store.Result(
         method=method,
         key=key,
-        params={**_run_params(model, bg, bg_idx, random_state, np_dtype, device), **params, "explain": "latent"},
+        params=params,
         obsm=obsm,
         obsm_extra=obsm_extra or {},
         varm_extra=varm_extra,
-        output_layers={int(d): _scatter_columns(v, pos, adata.n_vars) for d, v in kept.items()},
-        ranking=(mean_abs, dim_names),
+        output_layers={int(k[3:]): v for k, v in reduced.layers.items() if k.startswith("out")},
+        ranking=(varm_extra[Key.latent_abs(key)], dim_names),
         uns=uns,
     )
-    return _store.write(adata, result, copy=copy)
-
-
-class _AdditivityCheck:
-    """Σφ against f(x) − reference, accumulated chunk by chunk (chunks arrive in cell order)."""
-
-    def __init__(self) -> None:
-        self.rel: list[np.ndarray] = []  # per cell: ‖Σφ − Δf‖ / ‖Δf‖ over the explained outputs
-        self.abs: list[np.ndarray] = []  # per cell: max |Σφ − Δf| over the explained outputs
-
-    def update(self, attr: np.ndarray, out: EngineOutput):
-        """``(f(x), reference, Δf, Σφ − Δf)`` of one chunk, or ``None`` when the method has no completeness."""
-        if out.output is None or out.reference is None:
-            return None
-        fx = out.output.detach().cpu().double().numpy()
-        ref = out.reference.detach().cpu().double().numpy()
-        delta = fx - ref
-        err = attr.sum(-1) - delta
-        self.rel.append(np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12))
-        self.abs.append(np.abs(err).max(axis=1))
-        return fx, ref, delta, err
-
-    def summary(self, what: str) -> dict[str, float] | None:
-        """Max and median relative error over cells, max absolute error; logged. ``None`` if nothing was checked."""
-        if not self.rel:
-            return None
-        rel = np.concatenate(self.rel)
-        out = {
-            "max_relative_error": float(rel.max()),
-            "median_relative_error": float(np.median(rel)),
-            "max_abs_error": float(np.concatenate(self.abs).max()),
-        }
-        logger.info("%s: max relative additivity error %.3g (median %.3g)", what, out["max_relative_error"],
-                    out["median_relative_error"])
-        return out
 
 
 def _run_params(model, bg, bg_idx, random_state, np_dtype, device) -> dict[str, Any]:
@@ -541,7 +587,7 @@ def _run_params(model, bg, bg_idx, random_state, np_dtype, device) -> dict[str, 
         "random_state": random_state,
         "dtype": str(np_dtype.__name__),
         "device": str(device.type),
-        "versions": _versions(),
+        "versions": _store.versions("torch", "anndata"),
     }
 
 
@@ -552,15 +598,3 @@ def _background_mean(adapter: ModelAdapter, bg) -> np.ndarray:
     with torch.no_grad():
         out = adapter.forward(bg, None)
     return out.detach().cpu().double().numpy().mean(axis=0)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    out = {}
-    for pkg in ("scexplain", "torch", "anndata"):
-        try:
-            out[pkg] = version(pkg)
-        except Exception:
-            out[pkg] = "unknown"
-    return out

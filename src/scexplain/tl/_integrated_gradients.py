@@ -47,14 +47,12 @@ def _ig_engine(mode: str, n_steps: int, method: str):
 
         if mode == "zeros":
             baselines = torch.zeros((1, ctx.adapter.n_inputs), device=ctx.device, dtype=ctx.dtype)
-        elif mode == "background_mean":
-            # the engine's reference is the mean cell; the driver's uns["expected_value"] is f of ctx.background
-            ctx.background = ctx.background.mean(dim=0, keepdim=True)
-            baselines = ctx.background
+        elif mode == "background_mean":  # the reference is the mean cell (expected value: f of it, see below)
+            baselines = ctx.background.mean(dim=0, keepdim=True)
         else:
             baselines = ctx.background
 
-        def engine(x, cov, classes) -> EngineOutput:
+        def engine(x, cov, classes, rows) -> EngineOutput:
             attr, fx, ref = integrated_gradients(
                 ctx.adapter.forward, x, classes, baselines, cov, n_steps=n_steps, method=method
             )
@@ -184,4 +182,5 @@ def integrated_gradients(
         keep_all=keep_all,
         explain=explain,
         params={"baseline": mode, "n_steps": int(n_steps), "integration_method": method},
+        expected_of="background_mean" if mode == "background_mean" else "background",
     )

@@ -14,8 +14,8 @@ from scipy import sparse
 from .. import _inputs, _store
 from .._docs import doc_params
 from .._keys import Key
-from .._progress import progress_iter
-from ._driver import _group_tables, _own_targets, _scatter_columns, _versions
+from ._blocks import BlockOutput, is_dask, map_reduce
+from ._driver import OwnTargets, _group_tables, own_targets
 
 __all__ = ["tree_shap_gpu"]
 
@@ -114,6 +114,13 @@ def _engine(device: str):
     if device == "auto":
         logger.info("tree_shap: no CUDA GPU visible to CuPy; running the Numba CPU engine")
     return treeshap_cpu, "cpu"
+
+
+def _engine_module(name: str):
+    """The engine module of a device name (``"cpu"``: Numba, ``"cuda"``: CuPy)."""
+    from ..engines import treeshap_cpu, treeshap_gpu
+
+    return treeshap_gpu if name == "cuda" else treeshap_cpu
 
 
 def _call(engine, fn: str, *args, **kwargs):
@@ -269,14 +276,15 @@ def tree_shap_gpu(
     if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
     key = Key.default(METHOD, key_added)
-    engine, device_used = _engine(device)
+    _, device_used = _engine(device)
     paths = tree_paths(model).two_sided()
     from ..engines.treeshap_cpu import check_depth
 
     check_depth(paths)
     X, feature_names = _feature_matrix(adata, use_rep, layer)
     cols = _model_columns(paths, feature_names, use_rep)
-    _check_no_inf(X, f"adata.obsm[{use_rep!r}]" if use_rep is not None else "input matrix")
+    if not is_dask(X):  # a dask input is checked block by block, in the one pass over it
+        _check_no_inf(X, f"adata.obsm[{use_rep!r}]" if use_rep is not None else "input matrix")
     groups = _inputs.get_groups(adata, groupby)
     out_names = _inputs.resolve_output_names(
         output_names if output_names is not None else paths.output_names, paths.n_outputs, groups
@@ -295,16 +303,7 @@ def tree_shap_gpu(
             random_state=random_state, use_rep=use_rep, layer=layer,
         )  # fmt: skip
 
-    # 2. predictions and targets
-    n_listed = 0 if targets.per_cell_mode else len(targets.classes)
-    chunk = batch_size or max(256, _CHUNK_ELEMENTS // (n_feat * (n_listed + 1)))
-    starts = range(0, n_obs, chunk)
-    fx = np.concatenate([
-        _call(engine, "predict", paths, _rows(X, np.arange(s, min(s + chunk, n_obs)), cols, paths)) for s in starts
-    ])  # fmt: skip
-    predicted = fx.argmax(axis=1)
-    if targets.mode == "predicted":
-        targets = targets.with_predictions(predicted)
+    # 2. the block function, over blocks of cells
     label_targets = None
     if not targets.per_cell_mode and groups is not None:
         try:
@@ -312,35 +311,21 @@ def tree_shap_gpu(
                                                     n_obs=n_obs).per_cell
         except ValueError:
             label_targets = None
-    own = _own_targets(targets, label_targets, predicted)
-    # explained outputs per cell: the listed ones, then the own target
-    classes = own[:, None] if targets.per_cell_mode else np.column_stack([np.tile(targets.classes, (n_obs, 1)), own])
+    n_listed = 0 if targets.per_cell_mode else len(targets.classes)
+    chunk = batch_size or max(256, _CHUNK_ELEMENTS // (n_feat * (n_listed + 1)))
+    blocks = TreeBlocks(
+        paths=paths, engine=device_used, cols=cols, n_cols=len(feature_names), background=bg,
+        targets=own_targets(targets, label_targets), keep_all=keep_all and n_listed > 0, interactions=interactions,
+        codes=None if groups is None else np.asarray(groups.codes), n_groups=0 if groups is None else
+        len(groups.categories), check_rows=is_dask(X),
+    )  # fmt: skip
+    reduced = map_reduce(X, blocks, block_rows=int(chunk), desc=METHOD, progress=progress)
 
-    # 3. engine over chunks of cells
-    expected = _call(engine, "expected_value", paths, bg)
-    own_values = np.zeros((n_obs, n_feat), dtype=np.float32)
-    all_values = np.zeros((n_obs, n_feat, n_listed), dtype=np.float32) if keep_all and n_listed else None
-    inter = np.zeros((n_obs, n_feat, n_feat), dtype=np.float32) if interactions else None
-    errors = np.zeros((n_obs, classes.shape[1]))
-    for i, start in enumerate(starts):
-        rows = np.arange(start, min(start + chunk, n_obs))
-        x = _rows(X, rows, cols, paths)
-        desc = METHOD if len(starts) == 1 else f"{METHOD} {i + 1}/{len(starts)}"
-        bar = (lambda it, desc=desc: progress_iter(it, total=len(it), desc=desc)) if progress else None
-        phi = _call(engine, "shap_values", paths, x, classes[rows], background=bg, progress=bar)
-        own_values[rows] = phi[:, -1]
-        if all_values is not None:
-            all_values[rows] = phi[:, :n_listed].transpose(0, 2, 1)
-        errors[rows] = phi.sum(-1) + expected[classes[rows]] - np.take_along_axis(fx[rows], classes[rows], axis=1)
-        if inter is not None:
-            inter[rows] = _call(engine, "interaction_values", paths, x, own[rows, None])[:, 0]
-
-    # 4. assemble, then write once
+    # 3. assemble, then write once
     return _store.write(
         adata,
         _result(
-            adata, key, model, paths, own_values, all_values, inter, errors, fx, expected, own, targets,
-            out_names, groups, feature_names, cols,
+            adata, key, paths, reduced, blocks.expected, targets, out_names, groups, feature_names,
             params={
                 "groupby": groupby,
                 "use_rep": use_rep,
@@ -360,58 +345,100 @@ def tree_shap_gpu(
     )
 
 
-def _result(
-    adata, key, model, paths, own_values, all_values, inter, errors, fx, expected, own, targets, out_names, groups,
-    feature_names, cols, *, params,
-) -> _store.Result:  # fmt: skip
-    """Build the :class:`~scexplain._store.Result` (model features put back at their matrix columns)."""
-    n_cols = len(feature_names)
-    values = _scatter_columns(own_values, cols, n_cols)
+class TreeBlocks:
+    """Block function of TreeSHAP: predictions, own targets and exact SHAP values of a block of cells.
+
+    Layers: ``"own"`` (cells × matrix columns) and, with ``keep_all``, ``"out{j}"`` per listed output ``j``. Sums
+    (with ``groupby``): ``group_sum``, ``group_abs``, ``group_count``. Per cell: ``summary`` (f(x), expected
+    value, Σφ and |error| of the own target), ``abs`` (max |error| over the explained outputs), ``interactions``.
+    """
+
+    def __init__(self, *, paths, engine: str, cols, n_cols: int, background, targets: OwnTargets, keep_all: bool,
+                 interactions: bool, codes, n_groups: int, check_rows: bool):
+        self.paths, self.engine_name = paths, engine
+        self.cols, self.n_cols = cols, n_cols
+        self.background = background
+        self.targets = targets
+        self.keep_all, self.interactions = keep_all, interactions
+        self.codes, self.n_groups = codes, n_groups
+        self.check_rows = check_rows
+        #: expected value per output (mean over the background, or over the trees' covers)
+        self.expected = np.asarray(_call(_engine_module(engine), "expected_value", paths, background),
+                                   dtype=np.float64)
+        #: blocks this process explained; tests count them
+        self.calls = 0
+
+    def __call__(self, x_block, rows: np.ndarray) -> BlockOutput:
+        engine = _engine_module(self.engine_name)
+        dense = _inputs.dense_rows(x_block, None, np.float64)
+        if self.check_rows:
+            _check_no_inf(dense, "input matrix")
+        x = self.paths.prepare_input(dense if self.cols is None else dense[:, self.cols])
+        fx = np.asarray(_call(engine, "predict", self.paths, x))
+        classes, own_col = self.targets.resolve(rows, fx.argmax(axis=1))
+        phi = _call(engine, "shap_values", self.paths, x, classes, background=self.background)  # n × C × F
+        self.calls += 1
+        i = np.arange(len(rows))
+        own = _inputs.scatter_columns(phi[i, own_col], self.cols, self.n_cols)
+        errors = phi.sum(-1) + self.expected[classes] - np.take_along_axis(fx, classes, axis=1)
+        layers = {"own": own.astype(np.float32)}
+        if self.keep_all:
+            layers.update({f"out{c}": _inputs.scatter_columns(phi[:, j], self.cols, self.n_cols).astype(np.float32)
+                           for j, c in enumerate(self.targets.listed)})
+        own_class = classes[i, own_col]
+        cells = {
+            "summary": np.stack([fx[i, own_class], self.expected[own_class], phi[i, own_col].sum(-1),
+                                 np.abs(errors[i, own_col])], axis=1),
+            "abs": np.abs(errors).max(axis=1),
+        }
+        if self.interactions:
+            cells["interactions"] = _call(engine, "interaction_values", self.paths, x, own_class[:, None])[:, 0]
+        sums: dict[str, np.ndarray] = {}
+        if self.codes is not None:
+            onehot = np.zeros((self.n_groups, len(rows)))
+            onehot[self.codes[rows], i] = 1.0
+            sums = {"group_sum": onehot @ own, "group_abs": onehot @ np.abs(own), "group_count": onehot.sum(axis=1)}
+        return BlockOutput(layers=layers, sums=sums, cells=cells)
+
+
+def _result(adata, key, paths, reduced, expected, targets, out_names, groups, feature_names, *,
+            params) -> _store.Result:
+    """Build the :class:`~scexplain._store.Result` from the combined blocks."""
+    values = reduced.layers["own"]
+    cells = reduced.cells
     uns: dict[str, Any] = {
         Key.uns.output_names: out_names,
-        Key.uns.expected_value: np.asarray(expected, dtype=np.float64),
+        Key.uns.expected_value: expected,
         Key.uns.additivity: {
-            "max_abs_error": float(np.abs(errors).max()),
-            "median_abs_error": float(np.median(np.abs(errors))),
+            "max_abs_error": float(np.max(cells["abs"])),
+            "median_abs_error": float(np.median(np.abs(cells["summary"][:, 3]))),
         },
     }
-    names = feature_names if cols is None else [feature_names[c] for c in cols]
-    if inter is not None:
+    if "interactions" in cells:
+        inter = cells["interactions"].astype(np.float32)
+        names = feature_names if paths.feature_names is None else [str(n) for n in paths.feature_names]
         uns["interactions"] = inter
         uns["interactions_mean_abs"] = np.abs(inter).mean(axis=0)
-        uns["interaction_features"] = list(names)
+        uns["interaction_features"] = list(names)[: inter.shape[1]]
     genes = params["use_rep"] is None
+    kept = {int(k[3:]): v for k, v in reduced.layers.items() if k.startswith("out")}
     output_layers: dict[int, np.ndarray] = {}
-    if all_values is not None:
+    if kept:
         if genes:
-            output_layers = {int(c): _scatter_columns(all_values[:, :, j], cols, n_cols)
-                             for j, c in enumerate(targets.classes)}
+            output_layers = kept
         else:
-            uns["values"] = np.stack([_scatter_columns(all_values[:, :, j], cols, n_cols) for j in
-                                      range(len(targets.classes))], axis=2)
-            uns["values_outputs"] = np.asarray(targets.classes, dtype=np.int64)
-    tables, group_names = _group_tables(values, groups, feature_names)
-    cells = np.arange(adata.n_obs)
-    own_err = np.abs(errors[:, -1])
-    summary = pd.DataFrame(
-        {
-            "output": fx[cells, own],
-            "expected_value": np.asarray(expected)[own],
-            "sum_attributions": own_values.astype(np.float64).sum(axis=1),
-            "abs_error": own_err,
-        },
-        index=adata.obs_names,
-    )
+            uns["values"] = np.stack([np.asarray(kept[c]) for c in sorted(kept)], axis=2)
+            uns["values_outputs"] = np.asarray(sorted(kept), dtype=np.int64)
+    tables, group_names = _group_tables(reduced.sums, groups, {Key.table.mean: "group_sum",
+                                                               Key.table.mean_abs: "group_abs"})
+    summary = pd.DataFrame(cells["summary"], index=adata.obs_names,
+                           columns=["output", "expected_value", "sum_attributions", "abs_error"])
     logger.info("%s: max additivity error %.3g", METHOD, uns[Key.uns.additivity]["max_abs_error"])
     return _store.Result(
         method=METHOD,
         key=key,
-        params={
-            **params,
-            "model_class": paths.model_class,
-            "output_kind": paths.output_kind,
-            "versions": _versions(),
-        },
+        params={**params, "model_class": paths.model_class, "output_kind": paths.output_kind,
+                "versions": _store.versions()},
         layer=values if genes else None,
         obsm=summary if genes else values,
         obsm_extra={} if genes else {Key.cell_summary(key): summary},

@@ -47,8 +47,9 @@ def noise_engine(attribute: str, n_samples: int, noise_level, stdev, **options: 
                                          random_state=ctx.random_state)
         method = getattr(gradients, attribute)
 
-        def engine(x, cov, classes) -> EngineOutput:
-            return EngineOutput(attributions=method(ctx.adapter.forward, x, classes, sampler(x), cov, **options))
+        def engine(x, cov, classes, rows) -> EngineOutput:
+            noise = sampler(x, rows)  # drawn per cell from its global index
+            return EngineOutput(attributions=method(ctx.adapter.forward, x, classes, noise, cov, **options))
 
         return engine
 
