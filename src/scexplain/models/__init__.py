@@ -41,6 +41,31 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
     classifiers and ``MLPClassifier`` (alone or after ``StandardScaler`` steps in a ``Pipeline``); an adapter is
     returned as is. Raises a :class:`TypeError` listing the supported model types otherwise (tree models are
     pointed to ``tl.tree_shap_gpu``).
+
+    Parameters
+    ----------
+    model
+        The model (see the table in the API docs, "Supported models").
+    output_names
+        Names of the outputs, for models whose outputs are not named by the model itself.
+    **kwargs
+        ``explain=`` for scvi-tools models.
+
+    Returns
+    -------
+    The adapter the engines run: ``forward`` (a torch module's outputs), ``input_matrix`` (the AnnData's matrix
+    aligned to the model's genes), ``output_names``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.neural_network import MLPClassifier
+    >>> from scexplain.models import adapt
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(40, 6)), np.repeat(["B", "T"], 20)
+    >>> mlp = MLPClassifier(hidden_layer_sizes=(8,), max_iter=500, random_state=0).fit(X, y)
+    >>> adapt(mlp).output_names  # binary: two outputs [-logit, logit]
+    ['B', 'T']
     """
     if isinstance(model, ModelAdapter):
         return model
