@@ -151,11 +151,11 @@ class CellTypistAdapter(NetworkAdapter):
 
 def _value_range(X) -> tuple[float, float]:
     """``(min, max)`` of a dense, sparse or dask matrix (implicit zeros of a sparse matrix count)."""
-    if hasattr(X, "dask"):
+    if hasattr(X, "dask"):  # one pass over the blocks, dense or sparse
         import dask
 
-        lo, hi = dask.compute(X.min(), X.max())
-        return float(np.asarray(lo)), float(np.asarray(hi))
+        ranges = dask.compute(*(dask.delayed(_value_range)(block) for block in X.to_delayed().ravel()))
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
     if sparse.issparse(X):
         data = X.data
         implicit = X.nnz < X.shape[0] * X.shape[1]
