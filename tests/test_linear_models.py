@@ -297,6 +297,8 @@ def test_gradient_methods_share_the_adapter(adata, data):
     np.testing.assert_allclose(adata.layers["integrated_gradients"], grad * X, rtol=1e-5, atol=1e-6)
     sx.tl.smoothgrad(adata, model, groupby="cell_type", layer=LAYER, dtype="float64", n_samples=3, progress=False)
     np.testing.assert_allclose(adata.layers["smoothgrad"], grad, rtol=1e-5, atol=1e-6)
+    sx.tl.vargrad(adata, model, groupby="cell_type", layer=LAYER, dtype="float64", n_samples=3, progress=False)
+    assert np.abs(adata.layers["vargrad"]).max() < 1e-8  # the gradient of a linear model does not vary
 
 
 def test_explaining_in_float32_keeps_the_float64_weights(adata, data):
