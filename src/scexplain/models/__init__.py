@@ -4,13 +4,68 @@ from __future__ import annotations
 
 from ._base import ModelAdapter
 
-__all__ = ["ModelAdapter", "adapt"]
+__all__ = ["CellTypistAdapter", "ModelAdapter", "adapt"]
+
+#: what :func:`adapt` accepts (named in its error for anything else)
+SUPPORTED_TYPES = (
+    "torch.nn.Module",
+    "scvi.model.SCANVI",
+    "scvi.model.SCVI",
+    "celltypist.models.Model",
+    "scikit-learn linear classifiers (LogisticRegression, SGDClassifier, RidgeClassifier, LinearSVC, ...)",
+    "sklearn.neural_network.MLPClassifier",
+    "a sklearn Pipeline of StandardScaler steps ending in one of these",
+)
+
+
+def __getattr__(name: str):
+    if name == "CellTypistAdapter":  # lazy: importing scexplain.models does not import torch or scikit-learn
+        from ._celltypist import CellTypistAdapter
+
+        return CellTypistAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _no_explain(kwargs, what: str) -> None:
+    if kwargs.get("explain") is not None:
+        raise ValueError(
+            f"`explain={kwargs['explain']!r}` applies to scvi-tools models (SCANVI, SCVI) only; a {what} is "
+            "explained through its outputs: leave `explain=None`."
+        )
 
 
 def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
-    """Wrap ``model`` in the adapter for its kind (a ``torch.nn.Module``; scvi-tools models when supported).
+    """Wrap ``model`` in the adapter for its kind.
 
-    Raises a :class:`TypeError` listing the supported model types otherwise.
+    Supported: a ``torch.nn.Module``, scvi-tools ``SCANVI``/``SCVI``, a CellTypist ``Model``, scikit-learn linear
+    classifiers and ``MLPClassifier`` (alone or after ``StandardScaler`` steps in a ``Pipeline``); an adapter is
+    returned as is. Raises a :class:`TypeError` listing the supported model types otherwise (tree models are
+    pointed to ``tl.tree_shap_gpu``).
+
+    Parameters
+    ----------
+    model
+        The model (see the table in the API docs, "Supported models").
+    output_names
+        Names of the outputs, for models whose outputs are not named by the model itself.
+    **kwargs
+        ``explain=`` for scvi-tools models.
+
+    Returns
+    -------
+    The adapter the engines run: ``forward`` (a torch module's outputs), ``input_matrix`` (the AnnData's matrix
+    aligned to the model's genes), ``output_names``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.neural_network import MLPClassifier
+    >>> from scexplain.models import adapt
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(40, 6)), np.repeat(["B", "T"], 20)
+    >>> mlp = MLPClassifier(hidden_layer_sizes=(8,), max_iter=500, random_state=0).fit(X, y)
+    >>> adapt(mlp).output_names  # binary: two outputs [-logit, logit]
+    ['B', 'T']
     """
     if isinstance(model, ModelAdapter):
         return model
@@ -19,6 +74,16 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
         from . import _scvi
 
         return _scvi.adapt_scvi(model, output_names=output_names, **kwargs)
+    if kind == "celltypist":
+        from ._celltypist import adapt_celltypist
+
+        _no_explain(kwargs, "CellTypist model")
+        return adapt_celltypist(model, output_names=output_names)
+    if kind == "sklearn":
+        from ._sklearn import adapt_sklearn
+
+        _no_explain(kwargs, "scikit-learn model")
+        return adapt_sklearn(model, output_names=output_names)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency
@@ -26,14 +91,13 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
     if torch is not None and isinstance(model, torch.nn.Module):
         from ._torch import TorchAdapter
 
-        if kwargs.get("explain") is not None:
-            raise ValueError(
-                f"`explain={kwargs['explain']!r}` applies to scvi-tools models (SCANVI, SCVI) only; a plain "
-                "torch.nn.Module is explained through its outputs: leave `explain=None`."
-            )
-
+        _no_explain(kwargs, "plain torch.nn.Module")
         return TorchAdapter(model, output_names=output_names)
+    tree_hint = (
+        " Tree ensembles are explained with `sx.tl.tree_shap_gpu` (exact TreeSHAP)." if kind in ("xgboost", "lightgbm")
+        else ""
+    )
     raise TypeError(
-        f"Cannot explain a {type(model).__module__}.{type(model).__name__}; supported: torch.nn.Module, "
-        "scvi.model.SCANVI, scvi.model.SCVI."
+        f"Cannot explain a {type(model).__module__}.{type(model).__name__}; supported: "
+        f"{'; '.join(SUPPORTED_TYPES)}.{tree_hint}"
     )

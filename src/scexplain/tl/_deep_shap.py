@@ -1,4 +1,4 @@
-"""``tl.deep_shap``: exact, batched DeepSHAP for torch and scvi-tools models."""
+"""``tl.deep_shap``: exact, batched DeepSHAP for torch, scvi-tools, CellTypist and scikit-learn models."""
 
 from __future__ import annotations
 
@@ -66,8 +66,20 @@ def deep_shap(
     ----------
     {adata}
     model
-        A ``torch.nn.Module`` from genes to outputs (logits per class, or one value), or an scvi-tools
-        ``SCANVI``/``SCVI`` model.
+        One of (see :func:`scexplain.models.adapt`):
+
+        - a ``torch.nn.Module`` from genes to outputs (logits per class, or one value);
+        - an scvi-tools ``SCANVI``/``SCVI`` model (raw counts; see ``explain``);
+        - a CellTypist ``celltypist.models.Model``: its scaling, clip at 10 and decision scores per cell type,
+          explained exactly. Pass log1p-normalised expression to 10,000 counts per cell, as CellTypist expects
+          (``use_raw=True`` for scanpy's ``pbmc68k_reduced``, ``layer="lognorm"`` for
+          ``sx.datasets.pbmc68k_counts()``); genes are matched to ``model.features`` by name;
+        - a fitted scikit-learn linear classifier (``LogisticRegression``, ``SGDClassifier``, ``RidgeClassifier``,
+          ``LinearSVC``, ...) or ``MLPClassifier``, alone or after ``StandardScaler`` steps in a ``Pipeline``:
+          explained through its decision values (linear) or logits (MLP), genes matched by name when it was
+          fitted on a DataFrame (``feature_names_in_``). A binary classifier's single decision value ``d`` becomes
+          two outputs ``[-d, d]`` (one per class, as CellTypist and ``tl.tree_shap_gpu`` do), so each cell is
+          explained toward its own class. Tree ensembles go to :func:`scexplain.tl.tree_shap_gpu`.
     {groupby}
     {layer}
     {use_raw}
@@ -103,6 +115,17 @@ def deep_shap(
     >>> sx.tl.deep_shap(adata, model, groupby="cell_type", layer="lognorm", progress=False)
     >>> adata.layers["deep_shap"].shape
     (200, 40)
+
+    A scikit-learn pipeline on the same genes:
+
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> clf = make_pipeline(StandardScaler(), LogisticRegression())
+    >>> clf = clf.fit(adata.to_df(layer="lognorm"), adata.obs["cell_type"])
+    >>> sx.tl.deep_shap(adata, clf, groupby="cell_type", layer="lognorm", key_added="logreg", progress=False)
+    >>> adata.uns["logreg"]["additivity"]["max_relative_error"] < 1e-4
+    True
     """
     return explain_cells(
         adata,
