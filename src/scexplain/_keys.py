@@ -41,6 +41,8 @@ class Key:
 
     ================================  ======================================================================
     ``layers[key]``                   cells × genes, attributions toward each cell's own target
+    ``layers[key + "_presence"]``     cells × genes, the part of ``layers[key]`` from genes above the reference
+                                      (absence = ``layers[key]`` − presence)
     ``layers[key + "_out{j}"]``       cells × genes toward output ``j`` (``keep_all``; ``j`` indexes
                                       ``uns[key]["output_names"]``, listed in ``uns[key]["kept_outputs"]``)
     ``obsm[key]``                     cells × dims (tree models on ``use_rep``), or a DataFrame of per-cell
@@ -49,7 +51,8 @@ class Key:
     ``obsm[key + "_expected_value"]`` cells × latent dims (latent mode: per-cell references)
     ``varm[key]``                     genes × groups, mean attribution of each group's cells toward their group
                                       (columns follow ``uns[key]["groups"]``)
-    ``varm[key + "_{table}"]``        further genes × groups tables, e.g. ``key + "_mean_abs"``
+    ``varm[key + "_{table}"]``        further genes × groups tables (:class:`Key.table`): ``_mean_abs``,
+                                      ``_presence``, ``_ci_low``, ``_ci_high``, ``_rank_stability``
     ``varm[key + "_latent"]``         genes × latent dims signed mean (columns: ``uns[key]["latent_dims"]``)
     ``varm[key + "_latent_abs"]``     genes × latent dims mean |attribution|
     ``varm[key + "_latent_groups"]``  genes × groups × latent dims mean |attribution| per group
@@ -78,10 +81,23 @@ class Key:
         scanpy_placeholders = ("logfoldchanges", "pvals", "pvals_adj")
 
     class table:
-        """Names of the features × groups tables (``"mean"`` is ``varm[key]`` itself)."""
+        """Names of the features × groups tables (``"mean"`` is ``varm[key]`` itself).
+
+        ``presence`` is the part of ``mean`` that comes from features above the reference (``absence`` = ``mean``
+        − ``presence`` is derived, not stored); ``ci_low``/``ci_high`` bound ``mean`` by a bootstrap percentile
+        interval and ``rank_stability`` is the fraction of bootstrap replicates in which the feature is among
+        the group's top features.
+        """
 
         mean = "mean"
         mean_abs = "mean_abs"
+        presence = "presence"
+        absence = "absence"
+        ci_low = "ci_low"
+        ci_high = "ci_high"
+        rank_stability = "rank_stability"
+        #: tables a result may store (``absence`` is derived from ``mean`` and ``presence``)
+        stored = ("mean", "mean_abs", "presence", "ci_low", "ci_high", "rank_stability")
 
     @staticmethod
     def default(method: str, key_added: str | None = None) -> str:
@@ -94,6 +110,11 @@ class Key:
     def group_table(key: str, table: str) -> str:
         """``varm`` key of a genes × groups table: ``key`` for the mean, ``f"{key}_{table}"`` for the others."""
         return key if table == Key.table.mean else f"{key}_{table}"
+
+    @staticmethod
+    def presence_layer(key: str) -> str:
+        """``layers`` (or ``obsm``) key of the presence part of the per-cell attributions."""
+        return f"{key}_presence"
 
     @staticmethod
     def output_layer(key: str, position: int) -> str:

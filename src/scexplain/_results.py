@@ -142,10 +142,13 @@ class StoredResult:
 
     @property
     def on_rep(self) -> bool:
-        """Whether the features are embedding dimensions (tree model on ``use_rep``) rather than genes."""
-        if "feature_names" in self.uns:
-            return True
-        return self.params.get("use_rep") is not None and self.key not in self.adata.layers
+        """Whether the features are embedding dimensions (tree model on ``use_rep``) rather than genes.
+
+        A result with both (a tree on an embedding carried back to genes) is read on its genes.
+        """
+        if self.key in self.adata.layers:
+            return False
+        return "feature_names" in self.uns or self.params.get("use_rep") is not None
 
     @property
     def feature_kind(self) -> str:
@@ -203,6 +206,15 @@ class StoredResult:
 
         return get_groups(self.adata, groupby).remove_unused_categories()
 
+    def presence_values(self) -> np.ndarray | None:
+        """Per-cell presence part of the attributions (``layers[key + "_presence"]``), ``None`` if not stored."""
+        slot = self.adata.obsm if self.on_rep else self.adata.layers
+        value = slot.get(Key.presence_layer(self.key)) if Key.presence_layer(self.key) in slot else None
+        if value is None:
+            return None
+        value = value.compute() if hasattr(value, "compute") else value
+        return np.asarray(value.toarray() if hasattr(value, "toarray") else value, dtype=np.float64)
+
     def cell_values(self) -> np.ndarray:
         """Per-cell attributions: ``layers[key]`` (cells × genes) or ``obsm[key]`` (cells × dims)."""
         a = self.adata
@@ -220,6 +232,8 @@ class StoredResult:
                 "without dropping the layer."
             )
         layer = a.layers[self.key]
+        if hasattr(layer, "compute"):  # a dask-backed result (read back from its spill store)
+            layer = layer.compute()
         if hasattr(layer, "toarray"):
             layer = layer.toarray()
         return np.asarray(layer, dtype=np.float64)
@@ -247,16 +261,34 @@ class StoredResult:
             x = x.toarray()
         return np.asarray(x, dtype=np.float64)
 
-    def group_table(self, groupby: str | None = None, values: Literal["mean", "mean_abs"] = "mean") -> pd.DataFrame:
-        """``features × groups`` table of the mean (or mean absolute) attribution of each group's cells.
+    def has_table(self, values: str) -> bool:
+        """Whether the group table ``values`` (see :class:`~scexplain._keys.Key.table`) is stored."""
+        if values == Key.table.absence:
+            return self.has_table(Key.table.presence)
+        return self._stored_table(values) is not None
 
-        The stored table is used when ``groupby`` is the stored one; otherwise it is computed from the per-cell
-        attributions.
+    def group_table(self, groupby: str | None = None, values: str = "mean") -> pd.DataFrame:
+        """``features × groups`` table ``values`` of each group's cells (see :class:`~scexplain._keys.Key.table`).
+
+        ``"mean"`` and ``"mean_abs"``: the mean (absolute) attribution; ``"presence"``/``"absence"``: the parts of
+        the mean from features above / below the reference; ``"ci_low"``, ``"ci_high"``, ``"rank_stability"``:
+        bootstrap summaries. The stored table is used when ``groupby`` is the stored one; otherwise means are
+        computed from the per-cell attributions (the other tables exist only for the stored ``groupby``).
         """
-        if values not in ("mean", "mean_abs"):
-            raise ValueError(f"`values` must be 'mean' or 'mean_abs', got {values!r}.")
+        allowed = (*Key.table.stored, Key.table.absence)
+        if values not in allowed:
+            raise ValueError(f"`values` must be one of {list(allowed)}, got {values!r}.")
         gb = self.groupby(groupby)
+        if values == Key.table.absence:
+            return self.group_table(gb, Key.table.mean) - self.group_table(gb, Key.table.presence)
         table = self._stored_table(values) if gb == self.stored_groupby else None
+        if table is None and values in (Key.table.presence, Key.table.ci_low, Key.table.ci_high,
+                                        Key.table.rank_stability):
+            raise ResultNotFoundError(
+                f"Result {self.key!r} has no {values!r} table for groupby={gb!r}; rerun {tl_call(self.method)} "
+                + ("with `groupby=` set to it." if gb != self.stored_groupby else
+                   ("with n_bootstrap=… ." if values != Key.table.presence else "(this method stores no split)."))
+            )
         if table is None:
             from ._inputs import group_means
 
@@ -274,7 +306,9 @@ class StoredResult:
 
     def _stored_table(self, values: str) -> pd.DataFrame | None:
         """The stored ``features × groups`` table ``values`` (``"mean"``, ``"mean_abs"``, ...), named."""
-        if self.layout < 2:  # 0.1.0: DataFrames with the group names as columns
+        if self.layout < 2:  # 0.1.0: DataFrames with the group names as columns (mean and mean_abs only)
+            if values not in (Key.table.mean, Key.table.mean_abs):
+                return None
             if self.on_rep:
                 t = self.uns.get("group_mean" if values == Key.table.mean else "group_mean_abs")
             elif values == Key.table.mean:
