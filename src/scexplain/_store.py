@@ -42,6 +42,9 @@ class Result:
         Parameters of the run (JSON-like values only; no timestamps).
     layer
         ``n_obs × n_vars`` attributions toward each cell's own target, stored as float32 in ``layers[key]``.
+    presence
+        The part of ``layer`` (or, for embedding features only, of ``obsm``) from features above the reference,
+        stored in ``layers``/``obsm[Key.presence_layer(key)]``; absence = attributions − presence.
     obsm
         ``n_obs × k`` array (float32) or a DataFrame with fixed column names, stored in ``obsm[key]``.
     features
@@ -68,6 +71,7 @@ class Result:
     key: str
     params: dict[str, Any]
     layer: np.ndarray | None = None
+    presence: np.ndarray | None = None
     obsm: np.ndarray | pd.DataFrame | None = None
     features: Sequence[str] | None = None
     groups: Sequence[str] | None = None
@@ -266,6 +270,8 @@ def write(adata: AnnData, result: Result, *, copy: bool = False) -> AnnData | No
     layers: dict[str, np.ndarray] = {}
     if result.layer is not None:
         layers[key] = _cells_by_genes(key, result.layer, adata)
+    if result.presence is not None and (on_genes or result.layer is not None):
+        layers[Key.presence_layer(key)] = _cells_by_genes(Key.presence_layer(key), result.presence, adata)
     for j, v in sorted(result.output_layers.items()):
         layers[Key.output_layer(key, j)] = _cells_by_genes(Key.output_layer(key, j), v, adata)
     obsm: dict[str, Any] = {}
@@ -278,6 +284,9 @@ def write(adata: AnnData, result: Result, *, copy: bool = False) -> AnnData | No
         elif not hasattr(value, "dask"):
             value = np.asarray(value, dtype=np.float32)
         obsm[key] = value
+    if result.presence is not None and not on_genes and result.layer is None:
+        _check_rows("presence", result.presence.shape[0], adata.n_obs, "cells")
+        obsm[Key.presence_layer(key)] = result.presence
     for k, v in result.obsm_extra.items():
         _check_rows(f"obsm[{k!r}]", v.shape[0], adata.n_obs, "cells")
         obsm[k] = v.set_axis(adata.obs_names) if isinstance(v, pd.DataFrame) else np.asarray(v)
