@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BootstrapSpec", "background_weights", "cell_weights", "cell_partials", "summarise"]
+__all__ = ["BootstrapSpec", "background_weights", "cell_partials", "cell_weights", "summarise"]
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
