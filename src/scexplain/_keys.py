@@ -55,6 +55,7 @@ class Key:
                                       ``_presence``, ``_ci_low``, ``_ci_high``, ``_rank_stability``
     ``varm[key + "_latent"]``         genes × latent dims signed mean (columns: ``uns[key]["latent_dims"]``)
     ``varm[key + "_latent_abs"]``     genes × latent dims mean |attribution|
+    ``varm[key + "_latent_presence"]`` genes × latent dims mean presence part
     ``varm[key + "_latent_groups"]``  genes × groups × latent dims mean |attribution| per group
     ``uns[key]``                      ``params``, ``layout``, names arrays, expected values, rankings,
                                       additivity summary; for embedding features the group tables
@@ -140,6 +141,11 @@ class Key:
     def latent_abs(key: str) -> str:
         """``varm`` key of genes × latent-dimension mean absolute attributions."""
         return f"{key}_latent_abs"
+
+    @staticmethod
+    def latent_presence(key: str) -> str:
+        """``varm`` key of genes × latent-dimension mean presence part of the attributions."""
+        return f"{key}_latent_presence"
 
     @staticmethod
     def latent_groups(key: str) -> str:

@@ -20,7 +20,7 @@ def _deeplift_engine(pair_budget: int | None):
         kwargs = {} if pair_budget is None else {"pair_budget": pair_budget}
         cache = BackgroundCache()  # the background's first-layer products, shared by the chunks of cells
 
-        def engine(x, cov, classes, rows) -> EngineOutput:
+        def engine(x, cov, classes, rows, own_col, codes) -> EngineOutput:
             attr, fx, ref = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, cache=cache,
                                           **kwargs)
             return EngineOutput(attributions=attr, output=fx, reference=ref)

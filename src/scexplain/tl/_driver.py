@@ -3,10 +3,16 @@
 validate → adapter → background → block function → :func:`~scexplain.tl._blocks.map_reduce` over blocks of cells
 → one :func:`_store.write`.
 
-An *engine* is a callable ``engine(x, cov, classes, rows) -> EngineOutput`` on torch tensors of one batch of cells:
-``x`` (n × G, the model's inputs), ``cov`` (n × k covariates or ``None``), ``classes`` (n × C output indices to
-explain for each cell) and ``rows`` (the cells' global indices, for per-cell seeds). The ``tl`` functions build
-their engine from an :class:`EngineContext` and call :func:`explain_cells`.
+An *engine* is a callable ``engine(x, cov, classes, rows, own_col, codes) -> EngineOutput`` on torch tensors of one
+batch of cells: ``x`` (n × G, the model's inputs), ``cov`` (n × k covariates or ``None``), ``classes`` (n × C output
+indices to explain for each cell), ``rows`` (the cells' global indices, for per-cell seeds), ``own_col`` (n, the
+column of ``classes`` that is each cell's own target) and ``codes`` (n group codes, or ``None``). The ``tl``
+functions build their engine from an :class:`EngineContext` and call :func:`explain_cells`.
+
+Presence/absence: every stored attribution is split into the part from genes above the reference ("presence") and
+below it (absence = φ − presence). An engine built on (cell, background cell) pairs returns the split itself
+(``EngineOutput.presence``: each pair's term by the sign of ``x_g − b_g``); for the others the driver splits by
+the sign of ``x_g`` minus the reference (the mean of the background cells, or the integrated-gradients baseline).
 
 The block function (:class:`CellBlocks`, or :class:`LatentBlocks` for scVI/scANVI latent dimensions) holds
 everything a block needs — adapter, background, each cell's covariates, targets and group — and nothing of the
@@ -49,11 +55,19 @@ class EngineOutput:
     reference
         ``n × C`` reference values (e.g. mean over the background of f(b)) such that
         ``attributions.sum(-1) == output - reference``; ``None`` when the method has none.
+    presence
+        ``n × C × G`` presence part of the attributions, from engines that split each (cell, background cell)
+        pair's term themselves; ``None``: the driver splits by the sign of ``x − reference``.
+    background_sums
+        ``n_groups × B × G`` per-(group, background cell) sums of the cells' own-target per-pair attributions
+        (for the bootstrap), when the context asks for them (``EngineContext.n_groups``); else ``None``.
     """
 
     attributions: Any
     output: Any = None
     reference: Any = None
+    presence: Any = None
+    background_sums: Any = None
 
 
 @dataclass
@@ -66,6 +80,10 @@ class EngineContext:
     background: Any | None  # torch tensor (B × G) on device, or None
     random_state: int | None
     n_outputs: int
+    #: split each pair's term into presence/absence (engines on pairs; others leave it to the driver)
+    split: bool = True
+    #: groups to return per-(group, background cell) sums for (0: none)
+    n_groups: int = 0
 
 
 EngineFactory = Callable[[EngineContext], Callable[..., EngineOutput]]
@@ -129,7 +147,7 @@ class _Blocks:
     unpickled = 0
 
     def __init__(self, *, adapter, engine_factory, background, random_state, n_outputs, device, dtype, batch_size,
-                 cov, codes, n_groups, pos, n_vars, check_rows):
+                 cov, codes, n_groups, pos, n_vars, check_rows, reference=None, bootstrap=None):
         self.adapter = adapter
         self.engine_factory = engine_factory
         self.background = background  # numpy (B × G) or None
@@ -141,6 +159,10 @@ class _Blocks:
         self.codes, self.n_groups = codes, n_groups
         self.pos, self.n_vars = pos, n_vars
         self.check_rows = check_rows
+        #: per-gene reference of the presence/absence split when the engine does not split pairs itself
+        self.reference = reference
+        #: :class:`~scexplain.tl._bootstrap.BootstrapSpec` or ``None``
+        self.bootstrap = bootstrap
         self._engine = None
         self._lock = threading.Lock()
         #: engine calls (batches) this process ran; tests count them
@@ -169,6 +191,7 @@ class _Blocks:
                 adapter=self.adapter, device=self.device, dtype=self.dtype,
                 background=None if self.background is None else _tensor(self.background, self.device, self.dtype),
                 random_state=self.random_state, n_outputs=self.n_outputs,
+                n_groups=self.n_groups if self.bootstrap is not None else 0,
             )  # fmt: skip
             self._engine = self.engine_factory(ctx)
         return self._engine
@@ -181,6 +204,25 @@ class _Blocks:
 
     def cov_of(self, rows: np.ndarray):
         return None if self.cov is None else _tensor(self.cov[rows], self.device, self.dtype)
+
+    def call(self, x, cov, classes, rows, own_col):
+        """One engine call (serialised: the engine's background cache is shared by the threads of a worker)."""
+        import torch
+
+        engine = self.engine()
+        own = torch.as_tensor(own_col, device=self.device, dtype=torch.long)
+        codes = None if self.codes is None else torch.as_tensor(self.codes[rows], device=self.device,
+                                                                 dtype=torch.long)
+        with self._lock:
+            out = engine(x, cov, classes, rows, own, codes)
+            self.calls += 1
+        return out
+
+    def presence(self, out: EngineOutput, attr: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Presence part (m × C × G) of a batch's attributions: the engine's own split, else by ``x > reference``."""
+        if out.presence is not None:
+            return out.presence.detach().cpu().double().numpy()
+        return attr * (x > self.reference)[:, None, :]
 
     def group_sums(self, rows: np.ndarray, values: np.ndarray, name: str, out: dict) -> None:
         """Add per-group sums of ``values`` (cells × ...) over the cells ``rows`` to ``out[name]``."""
@@ -196,10 +238,11 @@ class _Blocks:
 class CellBlocks(_Blocks):
     """Block function of the per-cell methods: each cell toward its own target (and the listed outputs).
 
-    Layers: ``"own"`` (cells × ``n_vars``) and, with ``keep_all``, ``"out{j}"`` per listed output ``j``. Sums (with
-    ``groupby``): ``group_sum``, ``group_abs``, ``group_count``. Per cell: ``summary`` (output, reference,
-    Σφ, relative error of the own target) and the additivity errors ``rel``/``abs`` (methods with a completeness
-    property).
+    Layers: ``"own"`` (cells × ``n_vars``), its presence part ``"presence"``, and, with ``keep_all``, ``"out{j}"``
+    per listed output ``j``. Sums (with ``groupby``): ``group_sum``, ``group_abs``, ``group_presence``,
+    ``group_count``, and with a bootstrap its partial sums (``boot_T``, ``boot_V``, ``boot_S``). Per cell:
+    ``summary`` (output, reference, Σφ, relative error of the own target) and the additivity errors ``rel``/``abs``
+    (methods with a completeness property).
     """
 
     def __init__(self, *, targets: OwnTargets, keep_all: bool, **kwargs):
@@ -212,12 +255,12 @@ class CellBlocks(_Blocks):
 
         x_all = self.rows_of(x_block)
         n, n_genes = x_all.shape
-        own_attr = np.zeros((n, n_genes))
+        own_attr, own_presence = np.zeros((n, n_genes)), np.zeros((n, n_genes))
         kept = {int(c): np.zeros((n, n_genes)) for c in self.targets.listed} if self.keep_all else {}
         summary = np.full((n, 4), np.nan)
         rel, err_abs = np.full(n, np.nan), np.full(n, np.nan)
+        bg_sums = None
         checked = False
-        engine = self.engine()
         for part in iter_batches(n, self.batch_size):
             r = rows[part]
             x = _tensor(x_all[part], self.device, self.dtype)
@@ -228,14 +271,16 @@ class CellBlocks(_Blocks):
                     predicted = self.adapter.forward(x, cov).argmax(1).cpu().numpy()
             classes, own_col = self.targets.resolve(r, predicted)
             cls = torch.as_tensor(classes, device=self.device, dtype=torch.long)
-            with self._lock:
-                out = engine(x, cov, cls, r)
-                self.calls += 1
+            out = self.call(x, cov, cls, r, own_col)
             attr = out.attributions.detach().cpu().double().numpy()  # m × C × G
             i = np.arange(len(r))
             own_attr[part] = attr[i, own_col]
+            own_presence[part] = self.presence(out, attr, x_all[part])[i, own_col]
             for j, c in enumerate(self.targets.listed if kept else ()):
                 kept[int(c)][part] = attr[:, j]
+            if out.background_sums is not None:
+                s = out.background_sums.detach().cpu().double().numpy()
+                bg_sums = s if bg_sums is None else bg_sums + s
             if out.output is not None and out.reference is not None:
                 checked = True
                 fx = out.output.detach().cpu().double().numpy()
@@ -247,12 +292,20 @@ class CellBlocks(_Blocks):
                                           np.abs(err[i, own_col]) / np.maximum(np.abs(delta[i, own_col]), 1e-12)],
                                          axis=1)
         own_genes = _inputs.scatter_columns(own_attr, self.pos, self.n_vars)
-        layers = {"own": own_genes.astype(np.float32)}
+        presence = _inputs.scatter_columns(own_presence, self.pos, self.n_vars)
+        layers = {"own": own_genes.astype(np.float32), "presence": presence.astype(np.float32)}
         layers.update({f"out{c}": _inputs.scatter_columns(v, self.pos, self.n_vars).astype(np.float32)
                        for c, v in kept.items()})
         sums: dict[str, np.ndarray] = {}
         self.group_sums(rows, own_genes, "group_sum", sums)
         self.group_sums(rows, np.abs(own_genes), "group_abs", sums)
+        self.group_sums(rows, presence, "group_presence", sums)
+        if self.bootstrap is not None and self.codes is not None:
+            from ._bootstrap import cell_partials
+
+            sums.update(cell_partials(self.bootstrap, rows, self.codes, self.n_groups, own_genes))
+            if bg_sums is not None:
+                sums["boot_S"] = _inputs.scatter_columns(bg_sums, self.pos, self.n_vars)
         cells = {"summary": summary, "rel": rel, "abs": err_abs} if checked else {}
         return BlockOutput(layers=layers, sums=sums, cells=cells)
 
@@ -260,7 +313,8 @@ class CellBlocks(_Blocks):
 class LatentBlocks(_Blocks):
     """Block function of latent mode: every cell toward every explained latent dimension.
 
-    Sums: ``latent_sum``/``latent_abs`` (dims × ``n_vars``) over all cells and, with ``groupby``, ``group_abs``
+    Sums: ``latent_sum``/``latent_abs``/``latent_presence`` (dims × ``n_vars``) over all cells and, with ``groupby``,
+    ``group_abs``
     (groups × dims × ``n_vars``) and ``group_count``. Per cell: the references ``expected`` (cells × dims) and the
     additivity errors ``rel``/``abs``. Layers only with ``keep_all``: ``"out{d}"`` per dimension.
     """
@@ -277,19 +331,18 @@ class LatentBlocks(_Blocks):
         n, n_genes = x_all.shape
         n_dims = len(self.dims)
         attr_all = np.zeros((n, n_dims, n_genes))
+        presence_all = np.zeros((n, n_dims, n_genes))
         expected = np.full((n, n_dims), np.nan)
         rel, err_abs = np.full(n, np.nan), np.full(n, np.nan)
         checked = False
-        engine = self.engine()
         for part in iter_batches(n, self.batch_size):
             r = rows[part]
             x = _tensor(x_all[part], self.device, self.dtype)
             cls = torch.as_tensor(np.tile(self.dims, (len(r), 1)), device=self.device, dtype=torch.long)
-            with self._lock:
-                out = engine(x, self.cov_of(r), cls, r)
-                self.calls += 1
+            out = self.call(x, self.cov_of(r), cls, r, np.zeros(len(r), dtype=np.int64))
             attr = out.attributions.detach().cpu().double().numpy()  # m × D × G
             attr_all[part] = attr
+            presence_all[part] = self.presence(out, attr, x_all[part])
             if out.output is not None and out.reference is not None:
                 checked = True
                 fx = out.output.detach().cpu().double().numpy()
@@ -299,7 +352,8 @@ class LatentBlocks(_Blocks):
                 err_abs[part] = np.abs(err).max(axis=1)
                 expected[part] = ref
         genes = _inputs.scatter_columns(attr_all, self.pos, self.n_vars)  # n × D × n_vars
-        sums = {"latent_sum": genes.sum(axis=0), "latent_abs": np.abs(genes).sum(axis=0)}
+        sums = {"latent_sum": genes.sum(axis=0), "latent_abs": np.abs(genes).sum(axis=0),
+                "latent_presence": _inputs.scatter_columns(presence_all, self.pos, self.n_vars).sum(axis=0)}
         self.group_sums(rows, np.abs(genes), "group_abs", sums)
         layers = {f"out{d}": genes[:, j].astype(np.float32) for j, d in enumerate(self.dims)} if self.keep_all else {}
         cells = {"expected": expected, "rel": rel, "abs": err_abs} if checked else {}
@@ -331,6 +385,8 @@ def explain_cells(
     explain: str | None = None,
     params: dict[str, Any] | None = None,
     expected_of: str = "background",
+    presence_reference: str = "background",
+    bootstrap=None,
 ) -> AnnData | None:
     """Run a per-cell attribution method on every cell of ``adata`` and store the result.
 
@@ -353,6 +409,13 @@ def explain_cells(
         What ``uns[key]["expected_value"]`` is the model output of (models without covariates): the mean over
         the background cells (``"background"``) or the output at the mean background cell
         (``"background_mean"``, integrated gradients' baseline of that name).
+    presence_reference
+        For engines that do not split (cell, background cell) pairs themselves: a gene is "present" when the cell
+        is above the mean of the background cells (``"background"``; methods without a background draw
+        ``n_background=100`` cells for it) or above 0 (``"zeros"``, integrated gradients' zero baseline).
+    bootstrap
+        A :class:`~scexplain.tl._bootstrap.BootstrapSpec`: also store percentile intervals and rank stability of
+        the group summaries (needs ``groupby``).
 
     A dask-backed input matrix is explained block by block over its own chunks (on a ``distributed`` cluster when
     a client is active) and the layers stay dask arrays, read back from a spill store (see
@@ -409,6 +472,13 @@ def explain_cells(
             matrix_of=lambda b: adapter.input_matrix(b, layer=layer, use_raw=use_raw)[0],
             dtype=np_dtype,
         )
+    if bootstrap is not None and groups is None:
+        raise ValueError("`n_bootstrap` bootstraps the group summaries and needs `groupby=` (or a model with a labels "
+                         "key).")
+    reference, params["presence_reference"] = _presence_reference(X, bg, groups, random_state, presence_reference,
+                                                                  np_dtype)
+    if bootstrap is not None:
+        params["bootstrap"] = bootstrap.params()
     pos = _inputs.column_map(pd.Index(names), adata.var_names)
     if pos is not None and (pos < 0).all():
         raise ValueError("None of the model's genes are in adata.var_names; cannot store gene attributions.")
@@ -423,7 +493,7 @@ def explain_cells(
             n_outputs=n_outputs, device=dev, dtype=tdtype, batch_size=int(batch_size), cov=cov,
             codes=None if groups is None else np.asarray(groups.codes),
             n_groups=0 if groups is None else len(groups.categories), pos=pos, n_vars=adata.n_vars,
-            check_rows=lazy,
+            check_rows=lazy, reference=reference, bootstrap=bootstrap,
         )  # fmt: skip
         if latent:
             out_names = [str(n) for n in adapter.output_names]
@@ -456,8 +526,24 @@ def explain_cells(
                                 params={**run_params, "explain": "latent"})
     else:
         result = _cell_result(reduced, out_names, groups, expected, adata, key=key, method=method,
-                              params=run_params)
+                              params=run_params, bootstrap=bootstrap, n_background=0 if bg is None else len(bg))
     return _store.write(adata, result, copy=copy)
+
+
+#: how the presence/absence split is made, stored in ``params["presence_reference"]``
+PAIR_SPLIT = "each (cell, background cell) pair: presence where x_g > b_g"
+
+
+def _presence_reference(X, bg, groups, random_state, mode: str, dtype) -> tuple[np.ndarray, str]:
+    """``(reference per model gene, description)`` of the driver's presence/absence split."""
+    if mode == "zeros":
+        return np.zeros(X.shape[1], dtype=dtype), "x_g > 0 (the zero baseline)"
+    if mode != "background":  # pragma: no cover - programming error
+        raise ValueError(f"Unknown presence reference {mode!r}.")
+    if bg is None:
+        idx = _inputs.stratified_indices(groups, X.shape[0], min(100, X.shape[0]), random_state)
+        bg = _inputs.dense_rows(X, idx, dtype)
+    return bg.mean(axis=0), f"x_g > the mean of {len(bg)} background cells"
 
 
 def _n_outputs(adapter: ModelAdapter, X, bg, cov, device, dtype) -> int:
@@ -495,7 +581,8 @@ def _additivity(cells: dict[str, np.ndarray], what: str) -> dict[str, float] | N
     return out
 
 
-def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, params) -> _store.Result:
+def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, params, bootstrap=None,
+                 n_background: int = 0) -> _store.Result:
     uns: dict[str, Any] = {Key.uns.output_names: out_names}
     additivity = _additivity(reduced.cells, method)
     if additivity is not None:
@@ -507,12 +594,16 @@ def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, pa
         obsm = pd.DataFrame(reduced.cells["summary"], index=adata.obs_names,
                             columns=["output", "expected_value", "sum_attributions", "relative_error"])
     tables, group_names = _group_tables(reduced.sums, groups, {Key.table.mean: "group_sum",
-                                                               Key.table.mean_abs: "group_abs"})
+                                                               Key.table.mean_abs: "group_abs",
+                                                               Key.table.presence: "group_presence"})
+    if bootstrap is not None and tables:
+        tables.update(_bootstrap_tables(reduced.sums, bootstrap, n_background))
     return _store.Result(
         method=method,
         key=key,
         params=params,
         layer=reduced.layers["own"],
+        presence=reduced.layers["presence"],
         obsm=obsm,
         groups=group_names,
         group_tables=tables,
@@ -520,6 +611,13 @@ def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, pa
         output_layers={int(k[3:]): v for k, v in reduced.layers.items() if k.startswith("out")},
         uns=uns,
     )
+
+
+def _bootstrap_tables(sums: dict[str, np.ndarray], spec, n_background: int) -> dict[str, np.ndarray]:
+    """``ci_low``, ``ci_high``, ``rank_stability`` (features × non-empty groups) from the pass's partial sums."""
+    from ._bootstrap import summarise
+
+    return summarise(spec, sums["boot_T"], sums["boot_V"], sums.get("boot_S"), sums["group_count"], n_background)
 
 
 def _latent_targets(adapter: ModelAdapter, target) -> np.ndarray:
@@ -554,7 +652,8 @@ def _latent_result(reduced, dims, out_names, groups, expected, *, key, method, p
     if expected is not None and additivity is not None:
         uns[Key.uns.expected_value] = expected[dims]
     n = float(reduced.n_rows)
-    varm_extra = {Key.latent(key): sums["latent_sum"].T / n, Key.latent_abs(key): sums["latent_abs"].T / n}
+    varm_extra = {Key.latent(key): sums["latent_sum"].T / n, Key.latent_abs(key): sums["latent_abs"].T / n,
+                  Key.latent_presence(key): sums["latent_presence"].T / n}
     if "group_count" in sums:
         counts = sums["group_count"]
         keep = np.flatnonzero(counts > 0)

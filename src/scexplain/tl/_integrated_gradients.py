@@ -52,7 +52,7 @@ def _ig_engine(mode: str, n_steps: int, method: str):
         else:
             baselines = ctx.background
 
-        def engine(x, cov, classes, rows) -> EngineOutput:
+        def engine(x, cov, classes, rows, own_col, codes) -> EngineOutput:
             attr, fx, ref = integrated_gradients(
                 ctx.adapter.forward, x, classes, baselines, cov, n_steps=n_steps, method=method
             )
@@ -183,4 +183,5 @@ def integrated_gradients(
         explain=explain,
         params={"baseline": mode, "n_steps": int(n_steps), "integration_method": method},
         expected_of="background_mean" if mode == "background_mean" else "background",
+        presence_reference="zeros" if mode == "zeros" else "background",
     )

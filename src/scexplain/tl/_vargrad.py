@@ -47,7 +47,7 @@ def noise_engine(attribute: str, n_samples: int, noise_level, stdev, **options: 
                                          random_state=ctx.random_state)
         method = getattr(gradients, attribute)
 
-        def engine(x, cov, classes, rows) -> EngineOutput:
+        def engine(x, cov, classes, rows, own_col, codes) -> EngineOutput:
             noise = sampler(x, rows)  # drawn per cell from its global index
             return EngineOutput(attributions=method(ctx.adapter.forward, x, classes, noise, cov, **options))
 
