@@ -21,9 +21,8 @@ def _deeplift_engine(pair_budget: int | None):
         cache = BackgroundCache()  # the background's first-layer products, shared by the chunks of cells
 
         def engine(x, cov, classes) -> EngineOutput:
-            attr, fx, ref = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, cache=cache,
-                                          **kwargs)
-            return EngineOutput(attributions=attr, output=fx, reference=ref)
+            out = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, cache=cache, **kwargs)
+            return EngineOutput(attributions=out.attributions, output=out.output, reference=out.reference)
 
         return engine
 
