@@ -59,8 +59,8 @@ _TERMS_ELEMENTS = 2**24
 _CACHE_ELEMENTS = 2**26
 #: a background row with more than this fraction of non-zero genes is multiplied as a dense row
 _DENSE_ROW = 0.5
-#: cells whose expressed genes are gathered at once for the per-background sums
-_CELL_BLOCK = 64
+#: cells whose expressed genes are multiplied in one batched GEMM for the per-background sums
+_CELL_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -118,13 +118,12 @@ class ChunkSums:
 
 @dataclass
 class _SplitRow:
-    """A background cell's genes with ``b_g ≠ 0`` (the presence correction's), as rows of its products.
+    """What the presence correction needs of a background cell, row by row of its products.
 
-    ``pos``: rows of the products (``None``: all of them), ``genes``, ``b`` and ``inv`` (``1 / u_b``) there;
+    ``genes`` (the products' genes), ``b`` and ``inv`` (``1 / u_b``) there (both 0 where ``u_b = 0``);
     ``zero_genes`` / ``zero_wt``: genes with ``b_g ≠ 0`` but ``u_b[g] = 0`` and ``w[:, genes]ᵀ`` (or ``None``).
     """
 
-    pos: Tensor | None
     genes: Tensor
     b: Tensor
     inv: Tensor
@@ -161,19 +160,14 @@ def _row_products(u_b: Tensor, w: Tensor, count: int, sparse: bool) -> RowProduc
 
 
 def _split_row(genes: Tensor | None, u_b: Tensor, b: Tensor, w: Tensor) -> _SplitRow:
-    expressed = b != 0
     mapped = u_b != 0
-    hit = expressed & mapped
-    out_genes = hit.nonzero().squeeze(1)
-    if genes is None:  # a dense row (or an all-zero one, with no products: then hit is empty)
-        pos = out_genes
-    else:  # genes are where u_b ≠ 0, in order: position of each hit gene among them
-        rank = torch.cumsum(mapped, 0) - 1
-        pos = rank[out_genes]
-        if pos.shape[0] == genes.shape[0]:
-            pos = None
-    zero = (expressed & ~mapped).nonzero().squeeze(1)
-    row = _SplitRow(pos, out_genes, b[out_genes], 1.0 / u_b[out_genes])
+    if genes is None:
+        genes = torch.arange(u_b.shape[0], device=u_b.device)
+    u_rows, b_rows = u_b[genes], b[genes]
+    ok = u_rows != 0
+    inv = torch.where(ok, 1.0 / torch.where(ok, u_rows, 1.0), 0.0)
+    row = _SplitRow(genes, torch.where(ok, b_rows, 0.0), inv)
+    zero = ((b != 0) & ~mapped).nonzero().squeeze(1)
     if zero.numel():
         row.zero_genes, row.zero_wt = zero, w[:, zero].T.contiguous()
     return row
@@ -252,14 +246,13 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
     """
     n, n_bg = m.n_cells, m.n_bg
     k_width = weights[0][1].shape[0]
-    if x.device.type != "cpu" and (request.split or request.sums):
+    if _dense_route(x) and (request.split or request.sums):
         return _dense_shortcut_sums(m, n_classes, weights, x, bg, request)
     products = [iter(p) for p in products]
     nc = n * n_classes
     below = [x.new_zeros(w.shape[1], nc) for _, w in weights]  # genes × (cell, class): Σ_b (m_ib W) ⊙ u_b
     corr = x.new_zeros(x.shape[1], nc) if request.split else None
-    cells_t = x.T.contiguous() if request.split else None
-    u_t = [u[:n].T.contiguous() for u, _ in weights] if request.split else None
+    cells = _CellsByGene(x, [u[:n] for u, _ in weights]) if request.split else None
     m_own = x.new_empty(n, n_bg, k_width) if request.sums else None
     total = None
     step = max(1, _BLOCK_ELEMENTS // (nc * k_width))
@@ -273,18 +266,15 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
         for j, (u, w) in enumerate(weights):
             for r in range(s1 - s0):
                 row, p = rows[r], next(products[j])
-                if p.prod_t is not None:
-                    part = torch.mm(p.prod_t, row.T)  # genes × (cell, class): u_b[g] · M_ib[g]
+                part = None if p.prod_t is None else torch.mm(p.prod_t, row.T)  # genes × (cell, class)
+                if corr is not None:  # the scatter and the presence correction in one pass
+                    b = s0 + r
+                    cells.scatter(below[j], corr, part, p.split_row(u[n + b], bg[b], w), row, bg[b], j, n_classes)
+                elif part is not None:
                     if p.genes is None:
                         below[j].add_(part)
                     else:
                         below[j].index_add_(0, p.genes, part)
-                else:
-                    part = None
-                if corr is not None:
-                    b = s0 + r
-                    split = p.split_row(u[n + b], bg[b], w)
-                    _correct(corr, part, split, row, cells_t, u_t[j], bg[b], n, n_classes)
     phi = x.new_zeros(n, n_classes, x.shape[1])
     for (u, w), part in zip(weights, below, strict=True):
         phi.addcmul_(total @ w, u[:n].unsqueeze(1)).sub_(part.T.view(phi.shape))
@@ -296,6 +286,11 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
     return out
 
 
+def _dense_route(x: Tensor) -> bool:
+    """Whether the extra sums form the terms densely (on a GPU: GEMMs only, no scatter, no CPU kernels)."""
+    return x.device.type != "cpu"
+
+
 def _own_columns(block: Tensor, own: Tensor) -> Tensor:
     """``blk × n × K``: each cell's own column of a ``blk × n × C × K`` block."""
     if block.shape[2] == 1:
@@ -303,68 +298,97 @@ def _own_columns(block: Tensor, own: Tensor) -> Tensor:
     return block[:, torch.arange(block.shape[1], device=block.device), own]
 
 
-def _correct(corr: Tensor, part: Tensor | None, split: _SplitRow, row: Tensor, cells_t: Tensor, u_t: Tensor,
-             b: Tensor, n: int, n_classes: int) -> None:
-    """Add ``κ_ib[g] · φ_ib[g]`` over the genes with ``b_g ≠ 0`` to ``corr`` (genes × (cell, class)).
+class _CellsByGene:
+    """The chunk's cells as genes × cells, for the presence correction.
 
-    ``part``: ``u_b[g] · M_ib[g]`` on the background cell's products' genes; ``row``: ``m_b`` (``nC × K``).
+    ``x`` and, per block of input columns, ``u`` (see :func:`._deeplift_kernels.scatter_presence`).
     """
-    if split.genes.numel():
-        values = part if split.pos is None else part.index_select(0, split.pos)
-        xs = cells_t.index_select(0, split.genes)  # genes × cells
-        kappa = (xs > 0).to(part.dtype).sub_((xs > split.b.unsqueeze(1)).to(part.dtype))
-        coef = u_t.index_select(0, split.genes).mul_(split.inv.unsqueeze(1)).sub_(1.0).mul_(kappa)
-        terms = values.view(-1, n, n_classes).mul(coef.unsqueeze(2))
-        corr.index_add_(0, split.genes, terms.view(-1, n * n_classes))
-    if split.zero_genes is not None:  # b_g ≠ 0 but u_b[g] = 0: φ_ib[g] = u_i[g] · M_ib[g]
-        genes = split.zero_genes
-        xs = cells_t.index_select(0, genes)
-        kappa = (xs > 0).to(row.dtype).sub_((xs > b[genes].unsqueeze(1)).to(row.dtype))
-        coef = u_t.index_select(0, genes).mul_(kappa)
-        terms = torch.mm(split.zero_wt, row.T).view(-1, n, n_classes).mul_(coef.unsqueeze(2))
-        corr.index_add_(0, genes, terms.view(-1, n * n_classes))
+
+    def __init__(self, x: Tensor, us: list[Tensor]):
+        self.n = x.shape[0]
+        self.x_t = x.T.contiguous()
+        self.u_t = [u.T.contiguous() for u in us]
+        self.consts = torch.tensor([0.0, 1.0, -1.0], dtype=x.dtype)
+
+    def scatter(self, below: Tensor, corr: Tensor, part: Tensor | None, split: _SplitRow, row: Tensor, b: Tensor,
+                j: int, n_classes: int) -> None:
+        """Add ``part`` to the rows of ``below``, and the presence correction to ``corr``.
+
+        Both are genes × (cell, class); the correction is ``κ_ib[g] · φ_ib[g]`` over the genes with ``b_g ≠ 0``.
+        ``part``: the GEMM's ``u_b[g] · M_ib[g]`` on the background cell's products' genes (``None``: it has
+        none); ``row``: ``m_b`` (``nC × K``).
+        """
+        from ._deeplift_kernels import scatter_presence
+
+        if part is not None:
+            scatter_presence(_np(below), _np(corr), _np(part), _np(split.genes), _np(split.b), _np(split.inv),
+                             _np(self.x_t), _np(self.u_t[j]), _np(self.consts), n_classes)
+        if split.zero_genes is not None:  # b_g ≠ 0 but u_b[g] = 0: φ_ib[g] = u_i[g] · M_ib[g]
+            genes = split.zero_genes
+            xs = self.x_t.index_select(0, genes)
+            kappa = (xs > 0).to(row.dtype).sub_((xs > b[genes].unsqueeze(1)).to(row.dtype))
+            coef = self.u_t[j].index_select(0, genes).mul_(kappa)
+            terms = torch.mm(split.zero_wt, row.T).view(-1, self.n, n_classes).mul_(coef.unsqueeze(2))
+            corr.index_add_(0, genes, terms.view(-1, self.n * n_classes))
+
+
+def _np(t: Tensor):
+    return t.detach().numpy()
 
 
 def _background_sums(m_own: Tensor, weights: list[tuple[Tensor, Tensor]], request: SumsRequest, n: int) -> Tensor:
-    """``n_groups × B × G``: ``Σ_{i ∈ k} u_i ⊙ (m_ib W) − u_b ⊙ ((Σ_{i ∈ k} m_ib) W)`` for each cell's own output."""
+    """``n_groups × B × G``: ``Σ_{i ∈ k} u_i ⊙ (m_ib W) − u_b ⊙ ((Σ_{i ∈ k} m_ib) W)`` for each cell's own output.
+
+    ``m_own``: ``n × B × K``, each cell's multipliers toward its own output with every background cell. The first
+    term is a GEMM per cell over the genes it expresses (:data:`_CELL_BLOCK` cells at a time, padded alike).
+    """
+    from ._deeplift_kernels import add_cell_rows, scaled_cell_rows
+
     n_bg, k_width = m_own.shape[1], m_own.shape[2]
     n_genes = weights[0][1].shape[1]
     groups = request.groups
-    out_t = m_own.new_zeros(request.n_groups, n_genes, n_bg)  # group × genes × background: the first term
-    members = groups >= 0
-    order = torch.argsort(groups, stable=True)[int((~members).sum()) :]  # cells in a group, by group
-    present, sizes = torch.unique_consecutive(groups[order], return_counts=True)
-    starts = torch.cumsum(sizes, 0) - sizes
-    rows = order.tolist()
+    first_t = m_own.new_zeros(request.n_groups, n_genes, n_bg)  # group × genes × background: the first term
+    m_t = m_own.transpose(1, 2)  # n × K × B
     for u, w in weights:
-        cells_u = u[:n].index_select(0, order)
-        w_t = w.T.contiguous()
-        nonzero = cells_u.nonzero()
-        values = cells_u[nonzero[:, 0], nonzero[:, 1]]
-        ptr = torch.zeros(order.shape[0] + 1, dtype=torch.long, device=u.device)
-        ptr[1:] = torch.cumsum(torch.bincount(nonzero[:, 0], minlength=order.shape[0]), 0)
-        ptr = ptr.tolist()
-        for k, c0, size in zip(present.tolist(), starts.tolist(), sizes.tolist(), strict=True):
-            for a in range(c0, c0 + size, _CELL_BLOCK):
-                z = min(c0 + size, a + _CELL_BLOCK)
-                e0, e1 = ptr[a], ptr[z]
-                if e1 == e0:
-                    continue
-                genes = nonzero[e0:e1, 1]
-                scaled = w_t.index_select(0, genes).mul_(values[e0:e1].unsqueeze(1))  # (u_i ⊙ w)[:, E_i]ᵀ
-                terms = scaled.new_empty(e1 - e0, n_bg)
-                for c in range(a, z):
-                    lo, hi = ptr[c] - e0, ptr[c + 1] - e0
-                    if hi > lo:
-                        torch.mm(scaled[lo:hi], m_own[rows[c]].T, out=terms[lo:hi])
-                out_t[k].index_add_(0, genes, terms)
-    sums = out_t.transpose(1, 2).contiguous()
+        w_t = _np(w.detach().T.contiguous())  # G × K
+        nonzero = u[:n].nonzero()
+        values = _np(u[:n][nonzero[:, 0], nonzero[:, 1]].contiguous())
+        genes = _np(nonzero[:, 1].contiguous())
+        counts = torch.bincount(nonzero[:, 0], minlength=n)
+        ptr = torch.zeros(n + 1, dtype=torch.long)
+        ptr[1:] = torch.cumsum(counts, 0)
+        # cells in a group, by group and then by number of expressed genes (blocks of cells padded alike)
+        order = torch.nonzero((groups >= 0) & (counts > 0)).squeeze(1)
+        order = order[torch.argsort(counts[order], stable=True)]
+        order = order[torch.argsort(groups[order], stable=True)]
+        for k, cells in zip(*_runs(groups[order].tolist(), order), strict=True):
+            target = _np(first_t[k])
+            for c0 in range(0, cells.shape[0], _CELL_BLOCK):
+                block = cells[c0 : c0 + _CELL_BLOCK]
+                lo, hi = _np(ptr[block]), _np(ptr[block + 1])
+                scaled = m_own.new_empty(block.shape[0], int((hi - lo).max()), k_width)  # (u_i ⊙ w)[:, E_i]ᵀ
+                scaled_cell_rows(_np(scaled), w_t, genes, values, lo, hi)
+                terms = torch.bmm(scaled, m_t.index_select(0, block))  # cells × genes × B
+                add_cell_rows(target, genes, lo, hi, _np(terms))
+    sums = first_t.transpose(1, 2).contiguous()
+    present = torch.unique(groups[groups >= 0])
     onehot = request.onehot(m_own.dtype)[:, present]  # n × present groups
     m_sum = (onehot.T @ m_own.view(n, -1)).view(-1, k_width)  # (group, b) × K
     for u, w in weights:
         second = (m_sum @ w).view(present.shape[0], n_bg, n_genes).mul_(u[n:].unsqueeze(0))
         sums[present] -= second
     return sums
+
+
+def _runs(keys: list[int], items: Tensor) -> tuple[list[int], list[Tensor]]:
+    """The runs of equal consecutive ``keys`` and the matching slices of ``items``."""
+    out_keys, out_items, start = [], [], 0
+    for end in range(1, len(keys) + 1):
+        if end == len(keys) or keys[end] != keys[start]:
+            out_keys.append(keys[start])
+            out_items.append(items[start:end])
+            start = end
+    return out_keys, out_items
 
 
 def _dense_shortcut_sums(m, n_classes: int, weights, x: Tensor, bg: Tensor, request: SumsRequest) -> ChunkSums:
