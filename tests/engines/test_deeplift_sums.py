@@ -107,7 +107,8 @@ def _maps():
 def test_split_and_sums_with_any_signs_and_maps(name, path, data, monkeypatch):
     forward = _maps()[name]
     x, bg = _counts_like() if data == "counts" else _signed()
-    x[0, 1] = bg[0, 1] = 1.0
+    x[0, 1] = bg[0, 1] = bg[3, 1] = 1.0  # for x − 1: b_g ≠ 0 but u_b[g] = 0 ...
+    x[1, 1], x[2, 1], x[3, 1] = 0.5, 0.8, 2.0  # ... with cells below, at and above b_g
     _check(explain(forward, x, bg, path, monkeypatch=monkeypatch), oracle(forward, x, bg))
 
 
