@@ -16,16 +16,26 @@ are propagated with the structure kept:
 pass (one local map per op with a single varying input); :func:`chain_multipliers` walks it from the output
 back to the tap and returns ``None`` when the path from the tap to the output is not such a chain (the engine
 then uses autograd). Both give the same numbers up to rounding.
+
+Distinct rows: when no per-pair input (covariates held at the cell's values) enters after the first layer, the
+cells' half of every layer is the plain forward pass of the cells and the background half that of the background
+cells, so the first-layer shortcut of :mod:`.deeplift` runs the whole chain on the ``n + B`` distinct rows and
+records it as :class:`DistinctStep` s. :class:`DistinctMultipliers` then builds the multipliers of a few
+background cells at a time from those rows (the rescale multiplier of a pair is
+``(h(z_i) − h(z_b)) / (z_i − z_b)`` of the two rows): no tensor over all pairs exists at any layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
-__all__ = ["ChainTape", "TapMultipliers", "chain_multipliers"]
+from ._deeplift_rules import secant_of
+
+__all__ = ["ChainTape", "DistinctMultipliers", "DistinctStep", "TapMultipliers", "chain_multipliers"]
 
 Tensor = torch.Tensor
 
@@ -241,3 +251,92 @@ class TapMultipliers:
                 dense = torch.einsum("bik,ikj->bij", r, combined)
             self.dense = dense.reshape(self.n_bg, self.n_cells, n_classes, d_in)
             self.r = self.per_cell = None
+
+
+# --- chains on distinct rows ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistinctStep:
+    """One layer of a chain evaluated on the distinct rows (``n`` cells, then ``B`` background cells).
+
+    ``kind``: ``"matrix"`` (``out = source @ data.T``, ``data``: out × in), ``"scale"`` (``out = data ⊙ source``
+    + constants, ``data`` of the layer's width) or ``"secant"`` (``y = fn(z)`` elementwise, ``z`` and ``y`` its
+    input and output on the distinct rows; ``piecewise_linear`` as for
+    :func:`~scexplain.engines._deeplift_rules.secant`).
+    """
+
+    kind: str
+    data: Tensor | None = None
+    z: Tensor | None = None
+    y: Tensor | None = None
+    fn: Callable[[Tensor], Tensor] | None = None
+    piecewise_linear: bool = False
+
+
+class DistinctMultipliers:
+    """Multipliers ``n_bg × n × C × width`` at the start of a chain of :class:`DistinctStep` s, block by block.
+
+    Parameters
+    ----------
+    steps
+        From the tap (the chain's input) to the output.
+    classes
+        ``n × C`` output indices explained for each cell.
+    n_out
+        Width of the output.
+    n_cells, n_bg, dtype
+        The distinct rows are ``n_cells`` cells, then ``n_bg`` background cells.
+
+    The part of the walk from the output back to its last nonlinearity does not depend on the pair and is done
+    once (per cell, or once for all cells when they explain the same outputs); :meth:`block` does the rest for a
+    few background cells at a time.
+    """
+
+    def __init__(self, steps: list[DistinctStep], classes: Tensor, n_out: int, n_cells: int, n_bg: int,
+                 dtype: torch.dtype):
+        self.n_cells, self.n_bg = n_cells, n_bg
+        n_classes = classes.shape[1]
+        rows = classes[:1] if bool((classes == classes[:1]).all()) else classes
+        head = torch.zeros(rows.shape[0], n_classes, n_out, dtype=dtype, device=classes.device)
+        head.scatter_(2, rows.unsqueeze(2), 1.0)
+        rest = list(steps)
+        with torch.no_grad():
+            while rest and rest[-1].kind != "secant":
+                head = _step_back(head, rest.pop())
+        self.head = head  # rows × C × width at the output of the last nonlinearity
+        self.rest = rest
+
+    def block(self, b0: int, b1: int) -> Tensor:
+        """Background cells ``b0:b1``: a contiguous ``(b1 − b0) × n × C × width`` tensor."""
+        t = self.head.unsqueeze(0)
+        with torch.no_grad():
+            for step in reversed(self.rest):
+                if step.kind == "secant":
+                    t = t * self._secant(step, b0, b1).unsqueeze(2)
+                else:
+                    t = _step_back(t, step)
+        return t.expand(b1 - b0, self.n_cells, -1, -1).contiguous()
+
+    def materialise(self) -> Tensor:
+        """All pairs: ``n_bg × n × C × width``."""
+        return self.block(0, self.n_bg)
+
+    def _secant(self, step: DistinctStep, b0: int, b1: int) -> Tensor:
+        """Rescale multipliers of background cells ``b0:b1`` with every cell: ``(b1 − b0) × n × width``."""
+        n, width = self.n_cells, step.z.shape[1]
+        fn = step.fn
+
+        def rows(t: Tensor) -> Tensor:  # the op sees a matrix with one row per pair, as in the model
+            return fn(t.reshape(-1, width)).reshape(t.shape)
+
+        return secant_of(rows, step.z[:n].unsqueeze(0), step.z[n + b0 : n + b1].unsqueeze(1),
+                         step.y[:n].unsqueeze(0), step.y[n + b0 : n + b1].unsqueeze(1),
+                         piecewise_linear=step.piecewise_linear)
+
+
+def _step_back(t: Tensor, step: DistinctStep) -> Tensor:
+    """Multipliers at a linear step's output to its input (``t``: ``... × out width``)."""
+    if step.kind == "matrix":
+        return t @ step.data
+    return t * step.data

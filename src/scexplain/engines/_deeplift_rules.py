@@ -36,7 +36,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 __all__ = [
     "DIVISION", "Call", "DeepLiftMode", "Paired", "first_tensor", "inplace_base", "inplace_target", "is_metadata",
-    "linear_layer", "op_name", "training_flag",
+    "linear_layer", "op_name", "secant_of", "training_flag",
 ]
 
 Tensor = torch.Tensor
@@ -182,13 +182,22 @@ def secant(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tenso
     """
     p, zd = n_pairs, z.full
     yd = (fn(zd) if value is None else value).detach()
-    z1, z2 = zd[:p], zd[p:]
+    return yd, secant_of(fn, zd[:p], zd[p:], yd[:p], yd[p:], piecewise_linear=piecewise_linear)
+
+
+def secant_of(fn: Callable[[Tensor], Tensor], z1: Tensor, z2: Tensor, y1: Tensor, y2: Tensor, *,
+              piecewise_linear: bool = False) -> Tensor:
+    """The rescale multiplier ``(y1 − y2) / (z1 − z2)`` of ``y = fn(z)`` (see :func:`secant`; operands broadcast).
+
+    Where ``|z1 − z2|`` is tiny relative to ``|z1 + z2|`` (exactly 0 for a ``piecewise_linear`` ``fn``), the
+    derivative of ``fn`` at the midpoint; ``fn`` is called on the midpoints, of the broadcast shape.
+    """
     dz = z1 - z2
-    close = dz == 0 if piecewise_linear else dz.abs() <= (z1 + z2).abs().mul_(0.5 * tiny(zd.dtype))
-    m = (yd[:p] - yd[p:]).div_(dz)
+    close = dz == 0 if piecewise_linear else dz.abs() <= (z1 + z2).abs().mul_(0.5 * tiny(dz.dtype))
+    m = (y1 - y2).div_(dz)
     if bool(close.any()):
         m = torch.where(close, _finite(_derivative(fn, (z1 + z2) * 0.5)).to(m.dtype), m)
-    return yd, m
+    return m
 
 
 def rescale(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tensor | None = None, *,

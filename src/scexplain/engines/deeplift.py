@@ -33,16 +33,18 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from ._deeplift_chain import ChainTape, TapMultipliers, chain_multipliers
+from ._deeplift_chain import ChainTape, DistinctMultipliers, DistinctStep, TapMultipliers, chain_multipliers
+from ._deeplift_genes import BackgroundCache, ChunkSums, SumsRequest, pair_sums, shortcut_sums
 from ._deeplift_rules import (
     DIVISION,
     ELEMENTWISE,
+    PIECEWISE_LINEAR,
     TRAINING_ARG,
     Call,
     DeepLiftMode,
@@ -53,7 +55,7 @@ from ._deeplift_rules import (
     training_flag,
 )
 
-__all__ = ["BackgroundCache", "DeepLiftWarning", "deeplift_shap"]
+__all__ = ["BackgroundCache", "DeepLiftWarning", "DeepShapOutput", "deeplift_shap"]
 
 logger = logging.getLogger("scexplain")
 
@@ -61,12 +63,8 @@ Tensor = torch.Tensor
 
 #: working-set target of one chunk, in tensor elements (2**26 float32 = 256 MiB)
 _CHUNK_ELEMENTS = 2**26
-#: largest block of multipliers built at once for the first-layer shortcut, in elements (2**21 float32 = 8 MiB)
-_BLOCK_ELEMENTS = 2**21
-#: largest cache of first-layer products ``u_b[g] · W[k, g]`` kept across chunks, in elements (2**26 float32 =
-#: 256 MiB; scANVI on pbmc68k counts with 557 background cells needs 128 · 139 000 expressed genes ≈ 2**24.1)
-_CACHE_ELEMENTS = 2**26
-
+#: explain models that mix no pairs after the first layer on the distinct rows (tests turn it off to check pairs)
+_DISTINCT = True
 
 class DeepLiftWarning(UserWarning):
     """An op with no DeepLIFT rule was applied to a tensor derived from the explained input.
@@ -91,7 +89,11 @@ def deeplift_shap(
     cache: BackgroundCache | None = None,
     shortcut: bool = True,
     chain: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
+    split: bool = False,
+    groups: Tensor | None = None,
+    n_groups: int | None = None,
+    own: Tensor | None = None,
+) -> DeepShapOutput:
     """DeepSHAP attributions of a torch model: DeepLIFT's rescale rule averaged over background cells.
 
     Parameters
@@ -120,12 +122,20 @@ def deeplift_shap(
     chain
         Propagate multipliers along a chain of layers without autograd when the model is one (same results up
         to rounding); ``False`` forces the batched backward pass.
+    split
+        Also return :attr:`DeepShapOutput.presence`: the part of the attributions from the pairs where the
+        cell's value of the gene is above the background cell's (``absence = attributions − presence``).
+    groups, n_groups
+        ``n`` integer group codes in ``[0, n_groups)`` (``−1``: in no group) and their number: also return
+        :attr:`DeepShapOutput.background_sums`, for each group and background cell the sum over the group's
+        cells of the pair's attributions toward each cell's own output (see ``own``).
+    own
+        ``n`` indices into the columns of ``classes``: each cell's own output, for ``groups`` (``None``: the
+        first column, when ``C = 1``).
 
     Returns
     -------
-    ``(attributions, f_x, f_background_mean)``: ``n × C × G``, ``n × C`` and ``n × C`` tensors with
-    ``f_background_mean[i, c] = mean_b forward(b, cov_i)[classes[i, c]]``, ``f_x[i, c]`` the output for the cell,
-    and ``attributions.sum(-1) == f_x − f_background_mean`` ("summation to delta") when every op has a rule.
+    :class:`DeepShapOutput`; it unpacks as ``attributions, output, reference = deeplift_shap(...)``.
 
     Warns
     -----
@@ -145,8 +155,17 @@ def deeplift_shap(
     torch.Size([4, 2, 5])
     >>> bool(torch.allclose(phi.sum(-1), fx - fb))
     True
+    >>> out = deeplift_shap(lambda x, cov: net(x), x, bg, classes, split=True)
+    >>> absence = out.attributions - out.presence
+    >>> groups = torch.tensor([0, 1, 0, 1])
+    >>> out = deeplift_shap(lambda x, cov: net(x), x, bg, classes, groups=groups, n_groups=2, own=torch.zeros(4, dtype=torch.long))
+    >>> out.background_sums.shape  # groups × background cells × genes
+    torch.Size([2, 10, 5])
+    >>> bool(torch.allclose(out.background_sums.mean(1), torch.stack([out.attributions[groups == k, 0].sum(0) for k in (0, 1)])))
+    True
     """
     _check(x, background, classes, cov)
+    request = _request(x, classes, split, groups, n_groups, own)
     n_genes = x.shape[1]
     n_classes = classes.shape[1]
     background = background.to(device=x.device, dtype=x.dtype)
@@ -159,15 +178,16 @@ def deeplift_shap(
             try:
                 budget = pair_budget or _default_budget(n_genes, n_classes, shortcut=True)
                 grown = None if pair_budget else _default_budget(n_genes, n_classes, shortcut=True, chain=True)
+                wide = None if pair_budget else _distinct_budget(n_genes, n_classes, background.shape[0])
                 cache = BackgroundCache() if cache is None else cache
-                result, unruled = _explain(forward, x, background, classes, cov, budget, _Shortcut(cache), chain,
-                                           grown)
+                result, unruled = _explain(forward, x, background, classes, cov, request, budget,
+                                           _Shortcut(cache), chain, grown, wide)
             except _NoShortcut as why:
                 logger.debug("deeplift_shap: generic path (%s)", why)
                 shortcut = False
         if not shortcut:
             budget = pair_budget or _default_budget(n_genes, n_classes, shortcut=False)
-            result, unruled = _explain(forward, x, background, classes, cov, budget, None, chain)
+            result, unruled = _explain(forward, x, background, classes, cov, request, budget, None, chain)
     for op in unruled:
         warnings.warn(
             DeepLiftWarning(
@@ -180,7 +200,71 @@ def deeplift_shap(
     return result
 
 
+@dataclass
+class DeepShapOutput:
+    """What :func:`deeplift_shap` returns.
+
+    Attributes
+    ----------
+    attributions
+        ``n × C × G``: ``φ_i = mean_b (x_i − b) · M(x_i, b)`` toward each explained output.
+    output
+        ``n × C``: the model's outputs ``f(x_i)``.
+    reference
+        ``n × C``: ``mean_b f(b, cov_i)``; ``attributions.sum(-1) == output − reference`` ("summation to
+        delta") when every op has a rule.
+    presence
+        ``n × C × G`` with ``split=True``: the mean over background cells of the pair terms with
+        ``x_g > b_g``; ``attributions − presence`` is the absence part (``x_g < b_g``; equal values contribute 0).
+    background_sums
+        ``n_groups × B × G`` with ``groups``: ``S[k, b] = Σ_{i in group k} φ_ib`` toward each cell's own output,
+        with ``φ_i = mean_b φ_ib``, so that ``S.mean(1)[k]`` is the sum of the group's attributions and a
+        resample of background cells (weights ``w_b``) gives ``Σ_b w_b S[k, b] / Σ_b w_b`` without a rerun.
+    """
+
+    attributions: Tensor
+    output: Tensor
+    reference: Tensor
+    presence: Tensor | None = None
+    background_sums: Tensor | None = None
+
+    def __iter__(self):
+        """``attributions, output, reference`` (the tuple :func:`deeplift_shap` returned before it had options)."""
+        return iter((self.attributions, self.output, self.reference))
+
+
 # --- planning and accumulation ---------------------------------------------------------------------------------
+
+
+def _request(x: Tensor, classes: Tensor, split, groups, n_groups, own) -> SumsRequest:
+    """Check the options for the extra sums."""
+    if not isinstance(split, bool):
+        raise TypeError(f"`split` must be True or False, got {split!r}.")
+    if groups is None:
+        if n_groups is not None or own is not None:
+            raise ValueError("`n_groups` and `own` go with `groups` (per-cell group codes); pass `groups` too.")
+        return SumsRequest(split)
+    n = x.shape[0]
+    if not isinstance(groups, Tensor) or groups.shape != (n,) or groups.is_floating_point():
+        raise ValueError(f"`groups` must be a 1-D integer tensor with one code per cell ({n}), got "
+                         f"{getattr(groups, 'shape', type(groups))}.")
+    if not isinstance(n_groups, int) or isinstance(n_groups, bool) or n_groups < 1:
+        raise ValueError(f"`n_groups` must be a positive integer (the number of groups), got {n_groups!r}.")
+    groups = groups.to(device=x.device, dtype=torch.long)
+    if n and (int(groups.max()) >= n_groups or int(groups.min()) < -1):
+        raise ValueError(f"`groups` must hold codes in [0, {n_groups}) or −1 (in no group).")
+    if own is None:
+        if classes.shape[1] != 1:
+            raise ValueError(f"`own` is needed with `groups` when C > 1 ({classes.shape[1]} explained columns): "
+                             "pass each cell's own column of `classes`.")
+        own = torch.zeros(n, dtype=torch.long, device=x.device)
+    if not isinstance(own, Tensor) or own.shape != (n,) or own.is_floating_point():
+        raise ValueError(f"`own` must be a 1-D integer tensor with one column index per cell ({n}).")
+    own = own.to(device=x.device, dtype=torch.long)
+    if n and (int(own.max()) >= classes.shape[1] or int(own.min()) < 0):
+        raise ValueError(f"`own` must hold column indices of `classes`, in [0, {classes.shape[1]}).")
+    return SumsRequest(split, own, groups, n_groups)
+
 
 
 def _check(x, background, classes, cov) -> None:
@@ -212,6 +296,15 @@ def _default_budget(n_genes: int, n_classes: int, *, shortcut: bool, chain: bool
     return max(1, _CHUNK_ELEMENTS // per_pair)
 
 
+def _distinct_budget(n_genes: int, n_classes: int, n_bg: int) -> int:
+    """Pairs per chunk on the distinct rows.
+
+    The chunk's per-cell sums (a few ``C × G``, and ``B × 128`` multipliers for the per-background sums) take about
+    :data:`_CHUNK_ELEMENTS` elements; the multipliers are built a few background cells at a time.
+    """
+    return max(1, _CHUNK_ELEMENTS // (4 * n_classes * n_genes + 256 * n_bg)) * n_bg
+
+
 @dataclass
 class _Chunk:
     """Cells ``i0:i1`` against background rows ``b0:b1``; pair ``p = b * n + i`` (background-major)."""
@@ -221,6 +314,7 @@ class _Chunk:
     classes: Tensor
     cov: Tensor | None
     b0: int
+    request: SumsRequest
 
     def __post_init__(self):
         n, nb = self.x.shape[0], self.bg.shape[0]
@@ -259,21 +353,27 @@ class _Chunk:
         return x_out, index, f_x, f_bg
 
 
-def _explain(forward, x, background, classes, cov, budget: int, shortcut: _Shortcut | None, chain: bool,
-             chain_budget: int | None = None):
-    """All chunks; returns ``((attributions, f_x, f_bg), unruled op names)``.
+def _explain(forward, x, background, classes, cov, request: SumsRequest, budget: int, shortcut: _Shortcut | None,
+             chain: bool, chain_budget: int | None = None, distinct_budget: int | None = None):
+    """All chunks; returns ``(DeepShapOutput, unruled op names)``.
 
-    ``chain_budget``: the pairs per chunk to use once a chunk was explained along a chain of layers (which needs
-    less memory per pair than the backward pass).
+    ``chain_budget`` / ``distinct_budget``: the pairs per chunk to use once a chunk was explained along a chain of
+    layers (which needs less memory per pair than the backward pass) / on the distinct rows (which needs none).
     """
     n, n_bg = x.shape[0], background.shape[0]
     memory = None if shortcut is None else shortcut.cache
     chain = chain and not (memory is not None and memory.chain is False)
+    distinct = chain and memory is not None and memory.distinct is not False and _DISTINCT
     block = min(n_bg, budget)
     cells = max(1, budget // block)
-    phi = x.new_zeros(n, classes.shape[1], x.shape[1])
-    f_x = x.new_zeros(n, classes.shape[1])
-    f_bg = x.new_zeros(n, classes.shape[1])
+    if distinct and memory.distinct and distinct_budget is not None and block == n_bg:
+        cells = max(cells, distinct_budget // block)
+    n_classes, n_genes = classes.shape[1], x.shape[1]
+    phi = x.new_zeros(n, n_classes, n_genes)
+    presence = x.new_zeros(n, n_classes, n_genes) if request.split else None
+    sums = x.new_zeros(request.n_groups, n_bg, n_genes) if request.sums else None
+    f_x = x.new_zeros(n, n_classes)
+    f_bg = x.new_zeros(n, n_classes)
     unruled: dict[str, None] = {}
     run = _generic if shortcut is None else shortcut.run
     i0 = 0
@@ -281,23 +381,37 @@ def _explain(forward, x, background, classes, cov, budget: int, shortcut: _Short
         i1 = min(n, i0 + cells)
         for b0 in range(0, n_bg, block):
             chunk = _Chunk(x[i0:i1].detach(), background[b0 : b0 + block].detach(), classes[i0:i1],
-                           None if cov is None else cov[i0:i1].detach(), b0)
-            result = run(forward, chunk, True) if chain else None
+                           None if cov is None else cov[i0:i1].detach(), b0, request.cells(i0, i1))
+            result = shortcut.run_distinct(forward, chunk) if distinct else None
+            if distinct and result is None:  # pairs mix after the first layer: pairs, for the next chunks too
+                distinct = False
+                memory.distinct = False
+            if result is None:
+                result = run(forward, chunk, True) if chain else None
             if result is None:  # not a chain of layers: the backward pass, for this chunk and the next ones
                 chain = False
                 result = run(forward, chunk, False)
             part, fx, fb, ops = result
             with torch.no_grad():
-                phi[i0:i1] += part
+                phi[i0:i1] += part.phi
                 f_x[i0:i1] += fx
                 f_bg[i0:i1] += fb
+                if presence is not None:
+                    presence[i0:i1] += part.presence
+                if sums is not None:
+                    sums[:, b0 : b0 + chunk.bg.shape[0]] += part.background_sums
             unruled.update(dict.fromkeys(ops))
-            if chain and chain_budget is not None and block == n_bg:
-                cells = max(cells, chain_budget // block)
+            if distinct:
+                memory.distinct = True
+            grown = distinct_budget if distinct else chain_budget if chain else None
+            if grown is not None and block == n_bg:
+                cells = max(cells, grown // block)
         i0 = i1
     if memory is not None:
         memory.chain = chain
-    return (phi.div_(n_bg), f_x.div_(n_bg), f_bg.div_(n_bg)), unruled
+    out = DeepShapOutput(phi.div_(n_bg), f_x.div_(n_bg), f_bg.div_(n_bg),
+                         None if presence is None else presence.div_(n_bg), sums)
+    return out, unruled
 
 
 def _multipliers(chunk: _Chunk, mode: DeepLiftMode, out: Tensor, x_out: Tensor, index: Tensor,
@@ -360,8 +474,9 @@ def _generic(forward, chunk: _Chunk, chain: bool):
     n, nb = chunk.x.shape[0], chunk.bg.shape[0]
     with torch.no_grad():
         diff = (x_half.detach() - bg_half).view(nb, n, 1, -1)
-        phi = multipliers[0].materialise().mul_(diff).sum(0)  # nb × n × C × G → n × C × G
-    return phi, f_x, f_bg, list(mode.unruled)
+        terms = multipliers[0].materialise().mul_(diff)  # nb × n × C × G
+        sums = pair_sums(terms, chunk.x, chunk.bg, chunk.request)
+    return sums, f_x, f_bg, list(mode.unruled)
 
 
 # --- first-layer shortcut ----------------------------------------------------------------------------------------
@@ -403,6 +518,23 @@ class _Hidden:
 
 
 @dataclass
+class _Distinct:
+    """Past the first nonlinearity, on the distinct rows.
+
+    ``values`` ((n + B) × width), the first layer ``tap`` (:class:`_Hidden`, whose values are the chain's input) and
+    the :class:`DistinctStep` s from it to here.
+    """
+
+    values: Tensor
+    tap: _Hidden
+    steps: tuple[DistinctStep, ...]
+
+
+class _NotDistinct(BaseException):
+    """The model mixes pairs after the first layer (or does what the distinct rows do not cover): use pairs."""
+
+
+@dataclass
 class _Tap:
     """Where the multipliers are taken.
 
@@ -431,68 +563,6 @@ _RESHAPES = frozenset({"flatten", "view", "reshape", "squeeze", "contiguous"})
 _CATS = frozenset({"cat", "concat", "concatenate", "hstack", "column_stack"})
 
 
-class BackgroundCache:
-    """Products ``u_b[g] · w[k, g]`` of the first-layer shortcut per background cell, kept across calls.
-
-    Pass one instance to the calls of :func:`deeplift_shap` that share a background (e.g. the chunks of cells of
-    one ``tl.deep_shap`` call). An entry is used only if the layer's weights and the background values it was
-    made from are equal to the current ones, so a stale entry is never used. It also remembers whether the model
-    turned out not to be a chain of layers (:attr:`chain`), so that later calls go straight to the backward pass.
-
-    Parameters
-    ----------
-    max_elements
-        Largest number of tensor elements kept (``None``: 2**26, 256 MiB of float32); beyond it, products are
-        computed when needed and not kept.
-    """
-
-    def __init__(self, max_elements: int | None = None):
-        self.max_elements = _CACHE_ELEMENTS if max_elements is None else max_elements
-        #: whether the last call explained the model along a chain of layers (``None``: not known yet)
-        self.chain: bool | None = None
-        self._entries: dict = {}
-        self._size = 0
-
-    def products(self, u_bg: Tensor, w: Tensor, key) -> list | Iterator:
-        """Per background row ``u_b`` (rows of ``u_bg``): ``(genes, u_b[genes] · w[:, genes])``.
-
-        ``genes`` are the columns where ``u_b`` is not zero (``None``: all of them, for a row that is mostly
-        non-zero); ``(None, None)`` for an all-zero row (it contributes nothing).
-        """
-        hit = self._entries.get(key)
-        if hit is not None and torch.equal(hit[0], w) and torch.equal(hit[1], u_bg):
-            return hit[2]
-        if hit is not None:  # stale: the weights or the background changed
-            del self._entries[key]
-            self._size -= hit[3]
-        # on a GPU every row is dense: one GEMM per row, and no index_add_ (whose CUDA sums are not deterministic)
-        dense_row = _DENSE_ROW if u_bg.device.type == "cpu" else 0.0
-        counts = (u_bg != 0).sum(1).tolist()
-        sparse = [0 < c <= dense_row * u_bg.shape[1] for c in counts]
-        size = sum(c if s else (u_bg.shape[1] if c else 0) for c, s in zip(counts, sparse, strict=True)) * w.shape[0]
-        rows = zip(u_bg, counts, sparse, strict=True)
-        if self._size + size > self.max_elements:
-            return (_row_products(u, w, c, s) for u, c, s in rows)
-        products = [_row_products(u, w, c, s) for u, c, s in rows]
-        self._entries[key] = (w, u_bg, products, size)
-        self._size += size
-        return products
-
-
-#: a background row with more than this fraction of non-zero genes is multiplied as a dense row
-_DENSE_ROW = 0.5
-
-
-def _row_products(u_b: Tensor, w: Tensor, count: int, sparse: bool) -> tuple[Tensor | None, Tensor | None]:
-    """``(genes, u_b[genes] · w[:, genes])`` of one background row with ``count`` non-zero genes."""
-    if count == 0:
-        return None, None
-    if not sparse:
-        return None, w * u_b
-    genes = u_b.nonzero().squeeze(1)
-    return genes, w[:, genes] * u_b[genes]
-
-
 @dataclass
 class _Shortcut:
     """The first-layer shortcut for the chunks of one call."""
@@ -517,39 +587,48 @@ class _Shortcut:
         multipliers = _multipliers(chunk, mode, out, x_out, index, tracker.taps)
         if multipliers is None:
             return None
-        phi = x_out.new_zeros(n, index.shape[1], chunk.x.shape[1])
         with torch.no_grad():
+            sums = None
             for t, (tap, m) in enumerate(zip(tracker.taps, multipliers, strict=True)):
-                self._contract(phi, m, tap.weights, t, chunk.b0)
-        return phi, f_x, f_bg, list(mode.unruled)
+                part = self._sums(chunk, m, tap.weights, t)
+                sums = part if sums is None else (sums.add(part) or sums)
+        return sums, f_x, f_bg, list(mode.unruled)
 
-    def _contract(self, phi: Tensor, m: TapMultipliers, weights: list[tuple[Tensor, Tensor]], tap: int, b0: int):
-        """Add ``Σ_b Σ_k m[b, i, c, k] · w[k, g] · (u[i] − u[n + b])[g]`` for each ``(u, w)`` to ``phi`` (n × C × G).
+    def run_distinct(self, forward, chunk: _Chunk):
+        """Explain one chunk on the distinct rows, or ``None`` if pairs mix after the first layer."""
+        n, nb = chunk.x.shape[0], chunk.bg.shape[0]
+        distinct = torch.cat([chunk.x, chunk.bg])
+        tracker = _Tracker(torch.cat([chunk.cell_of_pair, n + chunk.bg_of_pair]), chunk.n_pairs, distinct=True)
+        pairs = tracker.track(_Genes([("rows", distinct)]), (2 * chunk.n_pairs, distinct.shape[1]), distinct)
+        mode = DeepLiftMode(chunk.n_pairs, tracker)
+        try:
+            with mode:
+                out = tracker.output(mode, forward(pairs, chunk.cov_pairs()))
+        except _NotDistinct as why:
+            logger.debug("deeplift_shap: pairs (%s)", why)
+            return None
+        record = tracker.distinct_output(out)
+        if record is None or record.values.dim() != 2:
+            return None
+        values = record.values
+        if bool(torch.isnan(values).any()):
+            raise _NoShortcut("NaN output: the model may read its input outside torch functions")
+        n_out = values.shape[1]
+        if int(chunk.classes.max()) >= n_out or int(chunk.classes.min()) < 0:
+            raise ValueError(f"`classes` must be output indices in [0, {n_out}); the model has {n_out} outputs.")
+        f_x = values[:n].gather(1, chunk.classes) * nb
+        f_bg = values[n:].sum(0)[chunk.classes]
+        m = DistinctMultipliers(list(record.steps), chunk.classes, n_out, n, nb, values.dtype)
+        with torch.no_grad():
+            sums = self._sums(chunk, m, record.tap.weights, 0)
+        return sums, f_x, f_bg, list(mode.unruled)
 
-        ``u_i · (Σ_b m) @ w`` minus, per background cell, ``m[b] @ (u_b · w)`` over the genes where ``u_b`` is
-        not zero (counts are mostly zeros: a third of the work of one dense GEMM on pbmc68k). The multipliers are
-        built per block of background cells (:meth:`TapMultipliers.block`).
-        """
-        n_bg, n = m.n_bg, m.n_cells
-        products = [iter(self.cache.products(u[n:], w, key=(tap, j, b0))) for j, (u, w) in enumerate(weights)]
-        below = [phi.new_zeros(phi.shape[0] * phi.shape[1], w.shape[1]) for _, w in weights]
-        total = None
-        step = max(1, _BLOCK_ELEMENTS // (phi.shape[0] * phi.shape[1] * weights[0][1].shape[0]))
-        for s0 in range(0, n_bg, step):
-            block = m.block(s0, min(n_bg, s0 + step))
-            total = block.sum(0) if total is None else total.add_(block.sum(0))
-            rows = block.view(block.shape[0], -1, block.shape[-1])
-            for j in range(len(weights)):
-                for row in rows:
-                    genes, prod = next(products[j])
-                    if prod is None:
-                        continue
-                    if genes is None:
-                        below[j].addmm_(row, prod)
-                    else:
-                        below[j].index_add_(1, genes, row @ prod)
-        for (u, w), part in zip(weights, below, strict=True):
-            phi.addcmul_(total @ w, u[:n].unsqueeze(1)).sub_(part.view(phi.shape))
+    def _sums(self, chunk: _Chunk, m, weights: list[tuple[Tensor, Tensor]], tap: int) -> ChunkSums:
+        """The gene-level sums of one tap (:func:`~._deeplift_genes.shortcut_sums`)."""
+        n = chunk.x.shape[0]
+        products = [self.cache.products(u[n:], w, key=(tap, j, chunk.b0), bg=chunk.bg)
+                    for j, (u, w) in enumerate(weights)]
+        return shortcut_sums(m, chunk.classes.shape[1], weights, chunk.x, chunk.bg, products, chunk.request)
 
 
 class _Tracker:
@@ -564,9 +643,10 @@ class _Tracker:
     read a stand-in some other way, NaN shows in its output and the generic path takes over.
     """
 
-    def __init__(self, index: Tensor, n_pairs: int):
+    def __init__(self, index: Tensor, n_pairs: int, *, distinct: bool = False):
         self.index = index
         self.n_pairs = n_pairs
+        self.distinct = distinct
         self.taps: list[_Tap] = []
         self._records = WeakTensorKeyDictionary()
         self._materialised = WeakTensorKeyDictionary()
@@ -589,7 +669,16 @@ class _Tracker:
         record = self._records[out]
         if isinstance(record, _Genes):
             raise _NoShortcut("the output is an elementwise map of the input")
+        if isinstance(record, _Distinct):
+            return out
+        if self.distinct:  # a linear model: a chain without steps
+            return self._distinct_result(_Distinct(record.values.detach(), record, ()))
         return self._materialise(mode, out, record)
+
+    def distinct_output(self, out) -> _Distinct | None:
+        """The record of the model's output if it was computed on the distinct rows."""
+        record = self._records.get(out) if self.owns_tensor(out) else None
+        return record if isinstance(record, _Distinct) else None
 
     def handle(self, mode: DeepLiftMode, call: Call):
         name = call.name
@@ -606,11 +695,20 @@ class _Tracker:
             if not plain or others_vary or (len(records) > 1 and name not in _CATS):
                 raise _NoShortcut(f"`{name}` on the input (in place, in training mode or with another input)")
             return self._genes_op(mode, call, records)
+        if any(isinstance(r, _Distinct) for r in records.values()):
+            if not plain or others_vary or len(records) > 1:
+                raise _NotDistinct(f"`{name}` (in place, in training mode or with another varying tensor)")
+            ((pos, record),) = records.items()
+            return self._distinct_op(call, pos, record)
         if plain and len(records) == 1 and not others_vary:
             ((pos, record),) = records.items()
             out = self._hidden_op(call, pos, record)
             if out is not None:
                 return out
+            if self.distinct and record.dense is None:  # the first nonlinearity
+                step = _secant_step(call, pos, record.values)
+                if step is not None:
+                    return self._distinct_result(_Distinct(step.y, record, (step,)))
         # anything else (a nonlinearity, in place or not) sees the hidden layer on the pair batch
         stand_ins = {i: self._materialise(mode, call.leaves[i], r) for i, r in records.items()}
         return mode.dispatch(call.replaced(stand_ins))
@@ -701,11 +799,52 @@ class _Tracker:
             return None
         return self.track(_Hidden(values, dense, weights), (2 * self.n_pairs, values.shape[1]), values)
 
+    # --- past the first nonlinearity, on the distinct rows
+    def _distinct_op(self, call: Call, pos: int, record: _Distinct) -> Tensor:
+        """A ``Linear`` layer, per-column affine map or elementwise nonlinearity of the distinct rows."""
+        name, stand_in = call.name, call.leaves[pos]
+        step = None
+        if name in _CATS:
+            tensors = call.args[0] if call.args else call.kwargs.get("tensors")
+            if isinstance(tensors, list | tuple) and len(tensors) == 1 and tensors[0] is stand_in:
+                return stand_in  # scvi-tools' FCLayers joins no covariates: a concatenation of one
+        elif name in _LINEAR_LAYERS:
+            layer = linear_layer(call)
+            if layer is not None and layer[0] is stand_in and not self._varies(layer[1:]):
+                _, weight, bias = layer
+                values = torch.nn.functional.linear(record.values, weight, bias)
+                step = DistinctStep("matrix", weight.detach())
+        elif (name in _AFFINE and not (name in DIVISION and pos != first_tensor(call))
+              and call.kwargs.get("rounding_mode") is None):
+            values = _apply_to_rows(call, pos, record.values)
+            if values is not None:
+                probe = torch.stack([torch.zeros_like(values[0]), torch.ones_like(values[0])])
+                ends = call.run({pos: probe})
+                scale = (ends[1] - ends[0]).detach()
+                step = None if bool((scale == 1).all()) else DistinctStep("scale", scale)
+                steps = record.steps if step is None else (*record.steps, step)
+                return self._distinct_result(_Distinct(values.detach(), record.tap, steps))
+        else:
+            step = _secant_step(call, pos, record.values)
+            values = None if step is None else step.y
+        if step is None:
+            raise _NotDistinct(f"`{name}` on a hidden layer")
+        return self._distinct_result(_Distinct(values.detach(), record.tap, (*record.steps, step)))
+
+    def _varies(self, tensors) -> bool:
+        return any(self.owns_tensor(t) for t in tensors)
+
+    def _distinct_result(self, record: _Distinct) -> Tensor:
+        """A stand-in (the shape of the pair batch) for a layer on the distinct rows."""
+        return self.track(record, (2 * self.n_pairs, *record.values.shape[1:]), record.values)
+
     def _materialise(self, mode: DeepLiftMode, stand_in: Tensor, record: _Hidden) -> Tensor:
         """The hidden layer on the pair batch; its cells' half becomes a tap (once per stand-in)."""
         done = self._materialised.get(stand_in)
         if done is not None:
             return done
+        if self.distinct:
+            raise _NotDistinct("a hidden layer is needed on the pairs")
         p = self.n_pairs
         if mode.tape is not None:  # values only
             full = record.values.index_select(0, self.index)
@@ -722,6 +861,24 @@ class _Tracker:
         self.taps.append(_Tap(leaf, record.weights, full))
         self._materialised[stand_in] = full
         return full
+
+
+def _secant_step(call: Call, pos: int, z: Tensor) -> DistinctStep | None:
+    """An elementwise nonlinearity of the distinct rows ``z`` (the stand-in at ``pos``), or ``None``."""
+    name = call.name
+    if (name not in ELEMENTWISE or (name in DIVISION and pos == first_tensor(call))
+            or call.kwargs.get("rounding_mode") is not None):
+        return None
+    z = z.detach()
+    y = _apply_to_rows(call, pos, z)
+    if y is None:
+        return None
+    return DistinctStep("secant", z=z, y=y.detach(), fn=partial(_run_at, call, pos),
+                        piecewise_linear=name in PIECEWISE_LINEAR)
+
+
+def _run_at(call: Call, pos: int, t: Tensor) -> Tensor:
+    return call.run({pos: t})
 
 
 def _result_shape(call: Call, pos: int) -> torch.Size | None:

@@ -8,6 +8,7 @@ from typing import Literal
 from anndata import AnnData
 
 from .._docs import doc_params
+from ._bootstrap import BootstrapSpec
 from ._driver import EngineContext, EngineOutput, explain_cells
 
 __all__ = ["deep_shap"]
@@ -21,9 +22,12 @@ def _deeplift_engine(pair_budget: int | None):
         cache = BackgroundCache()  # the background's first-layer products, shared by the chunks of cells
 
         def engine(x, cov, classes, rows, own_col, codes) -> EngineOutput:
-            attr, fx, ref = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, cache=cache,
-                                          **kwargs)
-            return EngineOutput(attributions=attr, output=fx, reference=ref)
+            sums = {"groups": codes, "n_groups": ctx.n_groups, "own": own_col} if ctx.n_groups and codes is not None \
+                else {}
+            out = deeplift_shap(ctx.adapter.forward, x, ctx.background, classes, cov=cov, cache=cache,
+                                split=ctx.split, **sums, **kwargs)
+            return EngineOutput(attributions=out.attributions, output=out.output, reference=out.reference,
+                                presence=out.presence, background_sums=out.background_sums)
 
         return engine
 
@@ -46,6 +50,9 @@ def deep_shap(
     batch_size: int = 128,
     pair_budget: int | None = None,
     keep_all: bool = False,
+    n_bootstrap: int | None = None,
+    ci_level: float = 0.95,
+    n_top: int = 20,
     device: str = "auto",
     dtype: Literal["float32", "float64"] = "float32",
     random_state: int | None = 0,
@@ -95,6 +102,15 @@ def deep_shap(
         Maximum number of (cell, background cell) pairs evaluated at once; ``None`` picks a default.
     keep_all
         With ``target="all"`` or a list, also store ``layers[f"{{key}}_out{{j}}"]`` for every explained output ``j``.
+    n_bootstrap
+        Replicates of a bootstrap of the group summaries over background cells and the group's cells, computed
+        in the same pass from partial sums (no rerun): stores a percentile interval (``varm[key + "_ci_low"]``,
+        ``varm[key + "_ci_high"]``) and ``varm[key + "_rank_stability"]``, the fraction of replicates in which a
+        gene is among the group's top ``n_top``. Needs ``groupby``. ``None``/0: no bootstrap.
+    ci_level
+        Coverage of the percentile interval.
+    n_top
+        Size of the top list of ``rank_stability``.
     {device}
     {dtype}
     {random_state}
@@ -148,4 +164,13 @@ def deep_shap(
         progress=progress,
         keep_all=keep_all,
         explain=explain,
+        presence_reference="pairs",
+        bootstrap=None if not n_bootstrap else BootstrapSpec(n_bootstrap, _seed(random_state), ci_level, n_top),
     )
+
+
+def _seed(random_state: int | None) -> int:
+    """The bootstrap's seed: ``random_state`` (a fresh one for ``None``)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence().entropy % 2**63) if random_state is None else int(random_state)

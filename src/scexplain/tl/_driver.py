@@ -410,9 +410,10 @@ def explain_cells(
         the background cells (``"background"``) or the output at the mean background cell
         (``"background_mean"``, integrated gradients' baseline of that name).
     presence_reference
-        For engines that do not split (cell, background cell) pairs themselves: a gene is "present" when the cell
-        is above the mean of the background cells (``"background"``; methods without a background draw
-        ``n_background=100`` cells for it) or above 0 (``"zeros"``, integrated gradients' zero baseline).
+        ``"pairs"``: the engine splits each (cell, background cell) pair's term by the sign of ``x_g − b_g``. For
+        engines that do not: a gene is "present" when the cell is above the mean of the background cells
+        (``"background"``; methods without a background draw 100 cells for it) or above 0 (``"zeros"``,
+        integrated gradients' zero baseline).
     bootstrap
         A :class:`~scexplain.tl._bootstrap.BootstrapSpec`: also store percentile intervals and rank stability of
         the group summaries (needs ``groupby``).
@@ -536,6 +537,8 @@ PAIR_SPLIT = "each (cell, background cell) pair: presence where x_g > b_g"
 
 def _presence_reference(X, bg, groups, random_state, mode: str, dtype) -> tuple[np.ndarray, str]:
     """``(reference per model gene, description)`` of the driver's presence/absence split."""
+    if mode == "pairs":  # the engine splits each (cell, background cell) pair's term itself
+        return None, PAIR_SPLIT
     if mode == "zeros":
         return np.zeros(X.shape[1], dtype=dtype), "x_g > 0 (the zero baseline)"
     if mode != "background":  # pragma: no cover - programming error
