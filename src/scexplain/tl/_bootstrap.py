@@ -94,8 +94,9 @@ def cell_partials(spec: BootstrapSpec, rows: np.ndarray, codes: np.ndarray, n_gr
     v = cell_weights(spec, rows)  # R × n
     onehot = np.zeros((n_groups, len(rows)))
     onehot[np.asarray(codes)[rows], np.arange(len(rows))] = 1.0
-    weighted = v[:, None, :] * onehot[None]  # R × K × n
-    return {"boot_T": weighted @ np.asarray(values, dtype=np.float64), "boot_V": weighted.sum(axis=2)}
+    weighted = (v[:, None, :] * onehot[None]).reshape(-1, len(rows))  # (R·K) × n
+    T = (weighted @ np.asarray(values, dtype=np.float64)).reshape(spec.n_bootstrap, n_groups, -1)
+    return {"boot_T": T, "boot_V": weighted.sum(axis=1).reshape(spec.n_bootstrap, n_groups)}
 
 
 def summarise(spec: BootstrapSpec, T: np.ndarray, V: np.ndarray, S: np.ndarray, counts: np.ndarray,

@@ -50,6 +50,7 @@ def deep_shap(
     batch_size: int = 128,
     pair_budget: int | None = None,
     keep_all: bool = False,
+    split: bool = True,
     n_bootstrap: int | None = None,
     ci_level: float = 0.95,
     n_top: int = 20,
@@ -102,6 +103,12 @@ def deep_shap(
         Maximum number of (cell, background cell) pairs evaluated at once; ``None`` picks a default.
     keep_all
         With ``target="all"`` or a list, also store ``layers[f"{{key}}_out{{j}}"]`` for every explained output ``j``.
+    split
+        Also store the presence/absence split (``layers[key + "_presence"]``, ``varm[key + "_presence"]``): each
+        (cell, background cell) pair's term ``(x_g − b_g)·M`` goes to *presence* when the cell expresses gene
+        ``g`` above the background cell (``x_g > b_g``) and to *absence* when below; ``absence = φ − presence``
+        exactly. A B cell's high score for a myeloid gene it lacks (CST3) is absence: the gene counts *because*
+        the cell does not express it.
     n_bootstrap
         Replicates of a bootstrap of the group summaries over background cells and the group's cells, computed
         in the same pass from partial sums (no rerun): stores a percentile interval (``varm[key + "_ci_low"]``,
@@ -165,6 +172,7 @@ def deep_shap(
         keep_all=keep_all,
         explain=explain,
         presence_reference="pairs",
+        split=split,
         bootstrap=None if not n_bootstrap else BootstrapSpec(n_bootstrap, _seed(random_state), ci_level, n_top),
     )
 

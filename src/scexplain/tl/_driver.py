@@ -147,7 +147,7 @@ class _Blocks:
     unpickled = 0
 
     def __init__(self, *, adapter, engine_factory, background, random_state, n_outputs, device, dtype, batch_size,
-                 cov, codes, n_groups, pos, n_vars, check_rows, reference=None, bootstrap=None):
+                 cov, codes, n_groups, pos, n_vars, check_rows, reference=None, bootstrap=None, split=True):
         self.adapter = adapter
         self.engine_factory = engine_factory
         self.background = background  # numpy (B × G) or None
@@ -163,6 +163,8 @@ class _Blocks:
         self.reference = reference
         #: :class:`~scexplain.tl._bootstrap.BootstrapSpec` or ``None``
         self.bootstrap = bootstrap
+        #: whether to split attributions into presence/absence
+        self.split = split
         self._engine = None
         self._lock = threading.Lock()
         #: engine calls (batches) this process ran; tests count them
@@ -191,7 +193,7 @@ class _Blocks:
                 adapter=self.adapter, device=self.device, dtype=self.dtype,
                 background=None if self.background is None else _tensor(self.background, self.device, self.dtype),
                 random_state=self.random_state, n_outputs=self.n_outputs,
-                n_groups=self.n_groups if self.bootstrap is not None else 0,
+                n_groups=self.n_groups if self.bootstrap is not None else 0, split=self.split,
             )  # fmt: skip
             self._engine = self.engine_factory(ctx)
         return self._engine
@@ -275,7 +277,8 @@ class CellBlocks(_Blocks):
             attr = out.attributions.detach().cpu().double().numpy()  # m × C × G
             i = np.arange(len(r))
             own_attr[part] = attr[i, own_col]
-            own_presence[part] = self.presence(out, attr, x_all[part])[i, own_col]
+            if self.split:
+                own_presence[part] = self.presence(out, attr, x_all[part])[i, own_col]
             for j, c in enumerate(self.targets.listed if kept else ()):
                 kept[int(c)][part] = attr[:, j]
             if out.background_sums is not None:
@@ -293,13 +296,16 @@ class CellBlocks(_Blocks):
                                          axis=1)
         own_genes = _inputs.scatter_columns(own_attr, self.pos, self.n_vars)
         presence = _inputs.scatter_columns(own_presence, self.pos, self.n_vars)
-        layers = {"own": own_genes.astype(np.float32), "presence": presence.astype(np.float32)}
+        layers = {"own": own_genes.astype(np.float32)}
+        if self.split:
+            layers["presence"] = presence.astype(np.float32)
         layers.update({f"out{c}": _inputs.scatter_columns(v, self.pos, self.n_vars).astype(np.float32)
                        for c, v in kept.items()})
         sums: dict[str, np.ndarray] = {}
         self.group_sums(rows, own_genes, "group_sum", sums)
         self.group_sums(rows, np.abs(own_genes), "group_abs", sums)
-        self.group_sums(rows, presence, "group_presence", sums)
+        if self.split:
+            self.group_sums(rows, presence, "group_presence", sums)
         if self.bootstrap is not None and self.codes is not None:
             from ._bootstrap import cell_partials
 
@@ -342,7 +348,8 @@ class LatentBlocks(_Blocks):
             out = self.call(x, self.cov_of(r), cls, r, np.zeros(len(r), dtype=np.int64))
             attr = out.attributions.detach().cpu().double().numpy()  # m × D × G
             attr_all[part] = attr
-            presence_all[part] = self.presence(out, attr, x_all[part])
+            if self.split:
+                presence_all[part] = self.presence(out, attr, x_all[part])
             if out.output is not None and out.reference is not None:
                 checked = True
                 fx = out.output.detach().cpu().double().numpy()
@@ -352,8 +359,9 @@ class LatentBlocks(_Blocks):
                 err_abs[part] = np.abs(err).max(axis=1)
                 expected[part] = ref
         genes = _inputs.scatter_columns(attr_all, self.pos, self.n_vars)  # n × D × n_vars
-        sums = {"latent_sum": genes.sum(axis=0), "latent_abs": np.abs(genes).sum(axis=0),
-                "latent_presence": _inputs.scatter_columns(presence_all, self.pos, self.n_vars).sum(axis=0)}
+        sums = {"latent_sum": genes.sum(axis=0), "latent_abs": np.abs(genes).sum(axis=0)}
+        if self.split:
+            sums["latent_presence"] = _inputs.scatter_columns(presence_all, self.pos, self.n_vars).sum(axis=0)
         self.group_sums(rows, np.abs(genes), "group_abs", sums)
         layers = {f"out{d}": genes[:, j].astype(np.float32) for j, d in enumerate(self.dims)} if self.keep_all else {}
         cells = {"expected": expected, "rel": rel, "abs": err_abs} if checked else {}
@@ -387,6 +395,7 @@ def explain_cells(
     expected_of: str = "background",
     presence_reference: str = "background",
     bootstrap=None,
+    split: bool = True,
 ) -> AnnData | None:
     """Run a per-cell attribution method on every cell of ``adata`` and store the result.
 
@@ -414,6 +423,8 @@ def explain_cells(
         engines that do not: a gene is "present" when the cell is above the mean of the background cells
         (``"background"``; methods without a background draw 100 cells for it) or above 0 (``"zeros"``,
         integrated gradients' zero baseline).
+    split
+        Store the presence/absence split (``False``: only the attributions, e.g. to halve an atlas' output).
     bootstrap
         A :class:`~scexplain.tl._bootstrap.BootstrapSpec`: also store percentile intervals and rank stability of
         the group summaries (needs ``groupby``).
@@ -476,8 +487,10 @@ def explain_cells(
     if bootstrap is not None and groups is None:
         raise ValueError("`n_bootstrap` bootstraps the group summaries and needs `groupby=` (or a model with a labels "
                          "key).")
-    reference, params["presence_reference"] = _presence_reference(X, bg, groups, random_state, presence_reference,
-                                                                  np_dtype)
+    reference = None
+    if split:
+        reference, params["presence_reference"] = _presence_reference(X, bg, groups, random_state,
+                                                                      presence_reference, np_dtype)
     if bootstrap is not None:
         params["bootstrap"] = bootstrap.params()
     pos = _inputs.column_map(pd.Index(names), adata.var_names)
@@ -494,7 +507,7 @@ def explain_cells(
             n_outputs=n_outputs, device=dev, dtype=tdtype, batch_size=int(batch_size), cov=cov,
             codes=None if groups is None else np.asarray(groups.codes),
             n_groups=0 if groups is None else len(groups.categories), pos=pos, n_vars=adata.n_vars,
-            check_rows=lazy, reference=reference, bootstrap=bootstrap,
+            check_rows=lazy, reference=reference, bootstrap=bootstrap, split=bool(split),
         )  # fmt: skip
         if latent:
             out_names = [str(n) for n in adapter.output_names]
@@ -596,9 +609,10 @@ def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, pa
     if "summary" in reduced.cells:
         obsm = pd.DataFrame(reduced.cells["summary"], index=adata.obs_names,
                             columns=["output", "expected_value", "sum_attributions", "relative_error"])
-    tables, group_names = _group_tables(reduced.sums, groups, {Key.table.mean: "group_sum",
-                                                               Key.table.mean_abs: "group_abs",
-                                                               Key.table.presence: "group_presence"})
+    names = {Key.table.mean: "group_sum", Key.table.mean_abs: "group_abs"}
+    if "group_presence" in reduced.sums:
+        names[Key.table.presence] = "group_presence"
+    tables, group_names = _group_tables(reduced.sums, groups, names)
     if bootstrap is not None and tables:
         tables.update(_bootstrap_tables(reduced.sums, bootstrap, n_background))
     return _store.Result(
@@ -606,7 +620,7 @@ def _cell_result(reduced, out_names, groups, expected, adata, *, key, method, pa
         key=key,
         params=params,
         layer=reduced.layers["own"],
-        presence=reduced.layers["presence"],
+        presence=reduced.layers.get("presence"),
         obsm=obsm,
         groups=group_names,
         group_tables=tables,
@@ -655,8 +669,9 @@ def _latent_result(reduced, dims, out_names, groups, expected, *, key, method, p
     if expected is not None and additivity is not None:
         uns[Key.uns.expected_value] = expected[dims]
     n = float(reduced.n_rows)
-    varm_extra = {Key.latent(key): sums["latent_sum"].T / n, Key.latent_abs(key): sums["latent_abs"].T / n,
-                  Key.latent_presence(key): sums["latent_presence"].T / n}
+    varm_extra = {Key.latent(key): sums["latent_sum"].T / n, Key.latent_abs(key): sums["latent_abs"].T / n}
+    if "latent_presence" in sums:
+        varm_extra[Key.latent_presence(key)] = sums["latent_presence"].T / n
     if "group_count" in sums:
         counts = sums["group_count"]
         keep = np.flatnonzero(counts > 0)
