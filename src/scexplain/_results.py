@@ -387,6 +387,22 @@ class StoredResult:
             )
         return np.asarray(self.adata.layers[layer_key])
 
+    def stored_group_table(self, values: str) -> pd.DataFrame | None:
+        """The stored ``features × groups`` table ``values`` over :attr:`stored_groups`, ``None`` if not stored.
+
+        ``"absence"`` is derived (``mean − presence``). Unlike :meth:`group_table` it needs no ``obs`` column
+        (for readers of the stored rankings, such as :func:`scexplain.get.ranked_genes_df`).
+        """
+        if values == Key.table.absence:
+            mean, presence = self.stored_group_table(Key.table.mean), self.stored_group_table(Key.table.presence)
+            return None if mean is None or presence is None else mean - presence
+        table = self._stored_table(values)
+        if table is None:
+            return None
+        table = table.astype(np.float64)
+        table.index, table.columns = table.index.astype(str), table.columns.astype(str)
+        return table
+
 
 def get_result(adata: AnnData, key: str) -> StoredResult:
     """Read the result stored under ``key``; raise :class:`ResultNotFoundError` naming the ``tl`` call if absent."""

@@ -149,7 +149,8 @@ def embedding(
                         vmin=lo, vmax=hi, sort_order=False, size=size, title=label, ax=a, show=False, **kwargs)
         mappable = a.collections[-1]
         if getattr(mappable, "colorbar", None) is not None:
-            mappable.colorbar.set_label(wrap_label(f"{res.label}: {res.meaning(None).replace('mean ', '')}",
-                                                   panel_size[1] * 0.9, 9), fontsize=9)
+            chars = int(panel_size[1] * 0.9 * 72 / 5)  # characters of 9 pt text along the colour bar
+            label = f"{res.label}: {res.meaning(None).replace('mean ', '')}"
+            mappable.colorbar.set_label(wrap_label(label, chars), fontsize=9)
     out = axs[0] if len(axs) == 1 else axs
     return finish(fig, out, ax_given=ax_given, show=show, return_fig=return_fig)

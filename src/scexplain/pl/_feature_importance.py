@@ -8,16 +8,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._heatmap import _check_groups, pcolor_matrix, top_features
 from ._utils import (
     StoredResult,
     check_choice,
+    check_groups,
+    check_positive_int,
     color_limits,
     finish,
-    fontsize_pt,
     get_result,
     is_signed,
-    text_size_in,
+    text_width_in,
+    top_features,
     wrap_label,
 )
 
@@ -120,14 +121,13 @@ def feature_importance(
     >>> sx.pl.feature_importance(adata, "tree_shap_gpu", group="B cell", n_features=8)  # doctest: +SKIP
     """
     check_choice("kind", kind, ("both", "heatmap", "beeswarm"))
-    if not isinstance(n_features, int | np.integer) or isinstance(n_features, bool) or n_features < 1:
-        raise ValueError(f"`n_features` must be a positive integer, got {n_features!r}.")
+    n_features = check_positive_int("n_features", n_features)
     if ax is not None and kind == "both":
         raise ValueError("`ax` can hold one panel; pass kind='heatmap' or kind='beeswarm', or no `ax`.")
     res = get_result(adata, key)
     gb = res.groupby(groupby)
     table = res.group_table(gb, "mean")
-    chosen = _check_groups(table, groups, f"Groups of {gb!r}")
+    chosen = check_groups(table, groups, f"Groups of {gb!r}")
     if group is None:
         group = chosen[0]
     elif str(group) not in table.columns:
@@ -147,8 +147,7 @@ def feature_importance(
     if "beeswarm_ax" in panels:
         _beeswarm_panel(panels["beeswarm_ax"], res, gb, group, n_features)
     if not ax_given:
-        fw = fig.get_size_inches()[0]
-        fig.suptitle(wrap_label(title, fw - 0.3, fontsize_pt("large")))
+        fig.suptitle(title)
     out = next(iter(panels.values())) if len(panels) == 1 else panels
     return finish(fig, out, ax_given=ax_given, show=show, return_fig=return_fig)
 
@@ -156,12 +155,13 @@ def feature_importance(
 def _figure(res: StoredResult, groups: list[str], n_features: int, kind: str, figsize):
     """A figure sized from the labels: rows of features, rotated group labels, a title."""
     import matplotlib.pyplot as plt
+    from matplotlib.font_manager import FontProperties
 
-    fs = fontsize_pt("medium")
+    fs = FontProperties(size="medium").get_size_in_points()
     row = max(0.25, 1.6 * fs / 72)
     n_rows = min(n_features, len(res.feature_names))
-    feat_w, _ = text_size_in(res.feature_names, fs)
-    group_w, _ = text_size_in(groups, fs)
+    feat_w = text_width_in(res.feature_names, fs)
+    group_w = text_width_in(groups, fs)
     body_h = max(n_rows * row, 1.5)
     heat_w = feat_w + len(groups) * row + 1.6
     bees_w = feat_w + 5.0
@@ -185,24 +185,17 @@ def _heatmap_panel(ax: Axes, res: StoredResult, table: pd.DataFrame, n: int, gro
     signed = is_signed(m.to_numpy())
     lo, hi = color_limits(m.to_numpy(), signed=signed, vmin=vmin, vmax=vmax)
     cmap = cmap if cmap is not None else ("RdBu_r" if signed else "Reds")
-    pcolor_matrix(ax, m.to_numpy(), cmap=cmap, vmin=lo, vmax=hi)
-    tick_fs = fontsize_pt("medium")
-    ax.set_xticks(np.arange(m.shape[1]) + 0.5)
-    ax.set_xticklabels([str(c) for c in m.columns], rotation=90, fontsize=tick_fs)
-    ax.set_yticks(np.arange(m.shape[0]) + 0.5)
-    ax.set_yticklabels([str(r) for r in m.index], rotation=0, fontsize=tick_fs)
+    mesh = ax.pcolormesh(m.to_numpy(dtype=np.float64), cmap=cmap, vmin=lo, vmax=hi)
+    ax.set_xlim(0, m.shape[1])
+    ax.set_ylim(m.shape[0], 0)
+    ax.set_xticks(np.arange(m.shape[1]) + 0.5, [str(c) for c in m.columns], rotation=90)
+    ax.set_yticks(np.arange(m.shape[0]) + 0.5, [str(r) for r in m.index])
     ax.tick_params(length=2, pad=2)
-    for spine in ax.spines.values():
-        spine.set_visible(True)
-        spine.set_linewidth(0.5)
-    cb = ax.get_figure().colorbar(ax.collections[0], ax=ax, fraction=0.08, pad=0.03, aspect=25)
-    # the axes' final height is known only after the layout ran: wrap for the rows' height, or the axes' if less
-    fig = ax.get_figure()
-    rows_in = m.shape[0] * max(0.25, 1.6 * tick_fs / 72)
-    length = min(rows_in, ax.get_position().height * fig.get_size_inches()[1]) * 0.95
-    cb.set_label(wrap_label(f"{res.label}: {res.meaning(groupby)}", max(length, 1.2), tick_fs))
+    cb = ax.get_figure().colorbar(mesh, ax=ax, fraction=0.08, pad=0.03, aspect=25)
+    rows_in = m.shape[0] * 0.25  # wrap the label to the colour bar's length
+    cb.set_label(wrap_label(f"{res.label}: {res.meaning(groupby)}", int(max(rows_in, 1.2) * 72 / 6)))
     cb.outline.set_linewidth(0.5)
-    ax.set_title(f"mean per {groupby.replace('_', ' ')}", fontsize=fontsize_pt("medium"))
+    ax.set_title(f"mean per {groupby.replace('_', ' ')}", fontsize="medium")
 
 
 def _beeswarm_panel(ax: Axes, res: StoredResult, groupby: str, group: str, n: int):
@@ -218,7 +211,6 @@ def _beeswarm_panel(ax: Axes, res: StoredResult, groupby: str, group: str, n: in
     feats = top_features(importance, n)
     cols = names.get_indexer(feats)
     xvals = res.feature_values()
-    tick_fs = fontsize_pt("medium")
     cmap = "coolwarm"
     norm = Normalize(0, 1)
     for row, c in enumerate(cols):
@@ -232,18 +224,18 @@ def _beeswarm_panel(ax: Axes, res: StoredResult, groupby: str, group: str, n: in
         else:
             ax.scatter(v, y, color="0.4", s=10, linewidths=0, rasterized=True, zorder=3)
     ax.set_yticks(np.arange(len(feats)))
-    ax.set_yticklabels(feats, fontsize=tick_fs)
+    ax.set_yticklabels(feats, fontsize="medium")
     ax.set_ylim(len(feats) - 0.5, -0.5)
     ax.axvline(0, color="0.3", lw=0.8, zorder=2)
     ax.grid(axis="y", color="0.92", lw=0.6)
     ax.tick_params(axis="y", length=0)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.set_xlabel(f"{res.label}: attribution toward {group} (per cell)", fontsize=tick_fs)
-    ax.set_title(f"{group}: {int(cells.sum())} cells", fontsize=fontsize_pt("medium"))
+    ax.set_xlabel(f"{res.label}: attribution toward {group} (per cell)", fontsize="medium")
+    ax.set_title(f"{group}: {int(cells.sum())} cells", fontsize="medium")
     if xvals is not None:
         cb = ax.get_figure().colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.05, pad=0.02,
                                       aspect=25, ticks=[0, 1])
-        cb.ax.set_yticklabels(["low", "high"], fontsize=tick_fs)
-        cb.set_label(f"{res.feature_kind} value", fontsize=tick_fs)
+        cb.ax.set_yticklabels(["low", "high"], fontsize="medium")
+        cb.set_label(f"{res.feature_kind} value", fontsize="medium")
         cb.outline.set_linewidth(0.5)
