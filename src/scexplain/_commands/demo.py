@@ -54,7 +54,8 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     add = adata.uns["deep_shap"]["additivity"]
     print(f"DeepSHAP: max relative additivity error {add['max_relative_error']:.2e} (Σφ vs f(x) − E[f(background)])")
-    print(f"top {args.n_genes} genes per cell type (mean attribution toward the cell's own type):")
+    print(f"top {args.n_genes} genes per cell type (mean attribution toward the cell's own type; 'absent': the "
+          "score comes mostly from the type lacking the gene, relative to the background):")
     _print_top_genes(adata, "deep_shap", names, args.n_genes)
     if not args.no_scanvi:
         _explain_scanvi(adata, args)
@@ -70,13 +71,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _print_top_genes(adata, key: str, groups, n_genes: int) -> None:
+    """Each group's top genes with their score, marked ``absent`` when the score comes mostly from absence."""
     from .. import get
 
     ranked = get.ranked_genes_df(adata, key)
     for group in groups:
         top = ranked[(ranked["group"] == group) & (ranked["rank"] < n_genes)]
-        genes = ", ".join(f"{g} ({s:+.2f})" for g, s in zip(top["names"], top["scores"], strict=True))
+        genes = ", ".join(f"{row.names} ({row.scores:+.2f}{_absent(row)})" for row in top.itertuples())
         print(f"  {group:<28} {genes}")
+
+
+def _absent(row) -> str:
+    """``", absent"`` when a gene's score comes mostly from the cells lacking it (|absence| > |presence|)."""
+    if not hasattr(row, "absence"):
+        return ""
+    return ", absent" if abs(row.absence) > abs(row.presence) else ""
 
 
 def _explain_scanvi(adata, args: argparse.Namespace) -> None:
