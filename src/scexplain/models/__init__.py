@@ -8,7 +8,7 @@ __all__ = ["ModelAdapter", "adapt"]
 
 
 def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
-    """Wrap ``model`` in the adapter for its kind (a ``torch.nn.Module``; scvi-tools models when supported).
+    """Wrap ``model`` in the adapter for its kind (``torch.nn.Module``, ``ExportedProgram``, scvi-tools models).
 
     Raises a :class:`TypeError` listing the supported model types otherwise.
     """
@@ -23,17 +23,20 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency
         torch = None
-    if torch is not None and isinstance(model, torch.nn.Module):
-        from ._torch import TorchAdapter
-
+    if torch is not None and isinstance(model, torch.nn.Module | torch.export.ExportedProgram):
         if kwargs.get("explain") is not None:
             raise ValueError(
                 f"`explain={kwargs['explain']!r}` applies to scvi-tools models (SCANVI, SCVI) only; a plain "
                 "torch.nn.Module is explained through its outputs: leave `explain=None`."
             )
+        if isinstance(model, torch.export.ExportedProgram):
+            from ._exported import ExportedAdapter
+
+            return ExportedAdapter(model, output_names=output_names)
+        from ._torch import TorchAdapter
 
         return TorchAdapter(model, output_names=output_names)
     raise TypeError(
         f"Cannot explain a {type(model).__module__}.{type(model).__name__}; supported: torch.nn.Module, "
-        "scvi.model.SCANVI, scvi.model.SCVI."
+        "torch.export.ExportedProgram, scvi.model.SCANVI, scvi.model.SCVI."
     )
