@@ -139,8 +139,9 @@ def write_h5ad_atomic(adata, path: str | os.PathLike) -> None:
         adata.write_h5ad(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the output the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        _raise_write_error(err, path)
         raise
 
 
@@ -160,14 +161,22 @@ def write_zarr_atomic(adata, path: str | os.PathLike) -> None:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not path.exists():
             os.replace(old / path.name, path)  # put the previous output back
+        _raise_write_error(err, path)
         raise
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _raise_write_error(err: BaseException, path: Path) -> None:
+    """Turn an operating-system error while writing into one line naming the fix (other errors pass)."""
+    if isinstance(err, OSError) and not isinstance(err, InputError):
+        raise InputError(f"Cannot write {str(path)!r}: {_first_line(err)}; check that the --output folder is "
+                         "writable and has free space.") from err
 
 
 def _umask() -> int:
