@@ -14,6 +14,8 @@ scvi-tools' loader in place of its own reading.
 
 from __future__ import annotations
 
+import pickle
+import types
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,15 +92,45 @@ def read_model_file(path: str | Path, map_location=None) -> dict:
             f"{str(path)!r} holds types that only full unpickling can read ({', '.join(refused[:5])}), which can "
             "run code; save the model again with model.save(folder), or pass --allow-pickle if you trust it."
         )
-    allowed = [g for g in (_resolve(name) for name in needed) if g is not None]
+    allowed = [g for g in (_resolve(name) for name in needed) if g is not None] + _numpy_dtype_classes()
     with torch.serialization.safe_globals(allowed):
         try:
             return torch.load(str(path), map_location=map_location, weights_only=True)
-        except Exception as err:
-            raise UnsafeFileError(
-                f"{str(path)!r} cannot be read with torch.load(weights_only=True) ({' '.join(str(err).split())[:200]}"
-                "); pass --allow-pickle if you trust the folder."
-            ) from err
+        except pickle.UnpicklingError:
+            pass  # torch's restricted unpickler cannot fill a defaultdict (scvi-tools' registry holds some)
+    try:  # the same allow-list, enforced by find_class: nothing but these globals can be called or built
+        return torch.load(str(path), map_location=map_location, weights_only=False, pickle_module=_RESTRICTED)
+    except pickle.UnpicklingError as err:
+        raise UnsafeFileError(
+            f"{str(path)!r} cannot be read without full unpickling ({' '.join(str(err).split())[:200]}); pass "
+            "--allow-pickle if you trust the folder."
+        ) from err
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """An unpickler that finds only the globals of :data:`SAFE_GLOBALS` and torch's tensor rebuilders."""
+
+    #: what a torch checkpoint itself needs (storages are found by torch before this class is asked)
+    TORCH = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter", "torch.Size", "_codecs.encode")
+
+    def find_class(self, module, name):
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        if f"{module}.{name}" in SAFE_GLOBALS or f"{module}.{name}" in self.TORCH:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+#: a ``pickle_module`` for :func:`torch.load` whose unpickler is :class:`_AllowListUnpickler`
+_RESTRICTED = types.SimpleNamespace(__name__="scexplain_allow_list_pickle", Unpickler=_AllowListUnpickler,
+                                    load=lambda f, **kw: _AllowListUnpickler(f, **kw).load())
+
+
+def _numpy_dtype_classes() -> list:
+    """``numpy.dtypes.Float32DType``, ...: the classes numpy dtypes are rebuilt as (not listed as globals)."""
+    import numpy as np
+
+    dtypes = getattr(np, "dtypes", None)
+    return [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes is not None else []
 
 
 def _resolve(name: str):
