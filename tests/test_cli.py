@@ -7,9 +7,9 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from _cli_helpers import export, mlp
 
 import scexplain as sx
+from _cli_helpers import export, mlp
 from scexplain.cli import main
 
 

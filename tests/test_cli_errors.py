@@ -3,8 +3,8 @@
 import anndata as ad
 import pytest
 import torch
-from _cli_helpers import error_lines, export, mlp, run_cli
 
+from _cli_helpers import error_lines, export, mlp, run_cli
 from scexplain.cli import main
 
 

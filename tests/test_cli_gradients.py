@@ -4,9 +4,9 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from _cli_helpers import export
 
 import scexplain as sx
+from _cli_helpers import export
 from scexplain.cli import main
 
 COMMANDS = {

@@ -4,8 +4,8 @@ import logging
 import warnings
 
 import pytest
-from _cli_helpers import run_cli
 
+from _cli_helpers import run_cli
 from scexplain._quiet import quiet
 
 BANNERS = ("GPU available", "TPU available", "LitLogger", "💡", "Training for", "HPU available")

@@ -12,6 +12,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+
 from _cli_helpers import error_lines, export, mlp, run_cli
 
 
@@ -172,3 +173,37 @@ def test_skops_file_with_an_untrusted_type(tmp_path, data):
     lines = error_lines(proc)
     assert proc.returncode == 1 and len(lines) == 1
     assert "collections.Counter" in lines[0] and "--allow-pickle" in lines[0]
+
+
+def test_scvi_reader_refuses_even_when_the_globals_scan_misses_a_payload(tmp_path, marker, monkeypatch):
+    """Defence in depth: torch's weights_only unpickler, then the allow-list unpickler, each refuse on their own."""
+    from scexplain._io import UnsafeFileError
+    from scexplain.models._scvi_load import read_model_file
+
+    path = tmp_path / "model.pt"
+    torch.save({"attr_dict": {"registry_": Payload(_touch(marker))}}, path)
+    monkeypatch.setattr(torch.serialization, "get_unsafe_globals_in_checkpoint", lambda f: [])
+    with pytest.raises(UnsafeFileError, match="without full unpickling"):
+        read_model_file(path)
+    assert not marker.exists()
+
+
+def test_scvi_reader_reads_what_scvi_tools_saves(tmp_path):
+    scvi = pytest.importorskip("scvi")
+    from scexplain.models._scvi_load import read_model_file
+
+    adata = scvi.data.synthetic_iid(batch_size=20, n_genes=10, n_batches=2, n_labels=2)
+    scvi.model.SCANVI.setup_anndata(adata, labels_key="labels", unlabeled_category="label_0", batch_key="batch")
+    scvi.model.SCANVI(adata, n_latent=2, n_hidden=4).save(str(tmp_path / "m"))
+    safe = read_model_file(tmp_path / "m" / "model.pt")
+    full = torch.load(tmp_path / "m" / "model.pt", weights_only=False)
+    from _helpers import assert_value_equal
+
+    def plain(x):  # tensors as arrays, defaultdicts as dicts: what assert_value_equal compares
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x.numpy() if isinstance(x, torch.Tensor) else x
+
+    assert set(safe) == set(full)
+    assert_value_equal(plain(safe), plain(full))
+    assert type(safe["attr_dict"]) is type(full["attr_dict"])

@@ -10,8 +10,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from _cli_helpers import export, run_cli
 
+from _cli_helpers import export, run_cli
 from scexplain._commands._threads import available_cores, limit_threads
 
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -4,8 +4,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from _cli_helpers import export, mlp
 
+from _cli_helpers import export, mlp
 from scexplain._io import InputError, check_io_paths, read_input, write_output
 from scexplain.cli import main
 
@@ -80,7 +80,7 @@ def test_refuses_the_input_itself_and_nested_paths(stores, tmp_path):
     (tmp_path / "notes.zarr" / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not a zarr store"):
         check_io_paths(inp, tmp_path / "notes.zarr")
-    with pytest.raises(InputError, match="neither .h5ad nor .zarr"):
+    with pytest.raises(InputError, match=r"neither \.h5ad nor \.zarr"):
         check_io_paths(inp, tmp_path / "out.loom")
 
 

@@ -86,17 +86,10 @@ def program_width(program) -> int:
     if bounds is not None and bool(bounds.upper < 2**62):  # int_oo when unbounded (its is_finite is True)
         raise ValueError(f"The exported program takes at most {int(bounds.upper)} cells; explaining runs it on "
                          f"large batches: {_EXPORT_HINT} (a Dim without max).")
-    if bounds is not None and int(bounds.lower) > 2:
+    if bounds is not None and int(bounds.lower) > 2:  # 0 and 1 (Dim.AUTO: 2) are not guarded
         raise ValueError(f"The exported program takes at least {int(bounds.lower)} cells; explaining runs it on "
                          f"batches of 2 and more: {_EXPORT_HINT} (a Dim without min).")
     return int(shape[1])
-
-
-def _min_rows(program) -> int:
-    """The fewest rows the program accepts (``Dim.AUTO`` exports guard against 0 and 1)."""
-    cells = _user_input(program).meta["val"].shape[0]
-    bounds = program.range_constraints.get(cells.node.expr)
-    return max(1, int(bounds.lower)) if bounds is not None else 1
 
 
 def _check_eval_mode(program) -> None:
@@ -138,13 +131,4 @@ class ExportedAdapter(TorchAdapter):
         width = program_width(program)
         _check_eval_mode(program)
         self.program = program
-        self.min_rows = _min_rows(program)
         super().__init__(_module_class()(program.module()), n_inputs=width, output_names=output_names)
-
-    def forward(self, x, cov=None):
-        """Run the program; batches smaller than it accepts are padded with copies of their last row."""
-        n = x.shape[0]
-        if 0 < n < self.min_rows:
-            out = super().forward(x[[*range(n)] + [n - 1] * (self.min_rows - n)])
-            return out[:n]
-        return super().forward(x)
