@@ -164,7 +164,7 @@ def _fill(line: str, namespace: dict) -> str:
 
 def _condition(expr: str, namespace: dict) -> bool:
     code = re.sub(r"\$\{?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\}?", lambda m: f"_v({m.group(1)!r})", expr)
-    return bool(eval(code, {"__builtins__": {"str": str, "int": int, "float": float}},  # noqa: S307
+    return bool(eval(code, {"__builtins__": {"str": str, "int": int, "float": float}},
                      {"_v": lambda path: _as_value(_lookup(path, namespace))}))
 
 

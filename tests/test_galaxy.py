@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from _galaxy import check_assertions, load_tool, render_template
 
 GALAXY = Path(__file__).resolve().parents[1] / "galaxy"
