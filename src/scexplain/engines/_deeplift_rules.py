@@ -449,9 +449,8 @@ class DeepLiftMode(TorchFunctionMode):
             if len(call.varying) != 1 or origins or call.kwargs.get("out") is not None:
                 return None
             z = call.tensor()
-            self._check_paired(z, name)
             result = self._plain(call, unruled=name)  # a discrete result: reported only if used without a rule
-            if isinstance(result, Tensor) and result.shape == z.shape:
+            if isinstance(result, Tensor) and result.shape == z.shape and z.dim() and z.shape[0] == 2 * self.n_pairs:
                 self._masks[result] = (self.paired(z), result.to(z.dtype))
             return result
         masks = [t for t in call.leaves if isinstance(t, Tensor) and t in self._masks]
@@ -477,7 +476,9 @@ class DeepLiftMode(TorchFunctionMode):
         if cond is not mask or a is None or b is None:
             return None
         value = call.run()
-        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != 2 * p:
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() == 0:
+            return None
+        if value.shape[0] != 2 * p or torch.broadcast_shapes(m.shape, value.shape) != value.shape:
             return None
         slope = torch.where(z.full[:p] != z.full[p:], (m[:p] - m[p:]) / (z.full[:p] - z.full[p:]), 0.0)
         step = Paired(torch.addcmul(m[:p], slope, z.x - z.full[:p]).expand_as(value[:p]), m.expand_as(value))
