@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 __all__ = ["ENV_VARS", "available_cores", "effective_limits", "limit_threads"]
 
@@ -42,8 +42,7 @@ def limit_threads(n: int) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ENV_VARS}
     os.environ.update(dict.fromkeys(ENV_VARS, str(n)))
     try:
-        with ExitStack() as stack:
-            stack.enter_context(_RuntimeLimits(n))
+        with _RuntimeLimits(n):
             yield
     finally:
         for k, v in saved.items():
@@ -54,41 +53,39 @@ def limit_threads(n: int) -> Iterator[None]:
 
 
 class _RuntimeLimits:
-    """Set the pools of the libraries loaded now (and of those loaded inside the block, at its end: no-op)."""
+    """The pools of the libraries loaded when the block starts, set to ``n`` threads and restored at its end.
+
+    Libraries imported inside the block read the environment variables set by :func:`limit_threads`.
+    """
 
     def __init__(self, n: int):
         self.n = n
-        self._undo: list = []
+        self._undo: list[Callable[[], object]] = []
 
     def __enter__(self):
-        self.apply()
-        return self
-
-    def apply(self) -> None:
-        """Limit the pools of every library loaded so far; remembers how to restore them."""
         n = self.n
         torch = sys.modules.get("torch")
-        if torch is not None and not any(u[0] == "torch" for u in self._undo):
-            old = torch.get_num_threads()
+        if torch is not None:
+            old_torch = torch.get_num_threads()
             torch.set_num_threads(n)
-            self._undo.append(("torch", lambda: torch.set_num_threads(old)))
+            self._undo.append(lambda: torch.set_num_threads(old_torch))
         numba = sys.modules.get("numba")
-        if numba is not None and not any(u[0] == "numba" for u in self._undo):
+        if numba is not None:
             old_numba = numba.get_num_threads()
             numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-            self._undo.append(("numba", lambda: numba.set_num_threads(old_numba)))
+            self._undo.append(lambda: numba.set_num_threads(old_numba))
         dask = sys.modules.get("dask")
-        if dask is not None and hasattr(dask, "config") and not any(u[0] == "dask" for u in self._undo):
-            cm = dask.config.set(num_workers=n)
-            self._undo.append(("dask", lambda: cm.__exit__(None, None, None)))
-        if "numpy" in sys.modules and not any(u[0] == "blas" for u in self._undo):
+        if dask is not None and hasattr(dask, "config"):
+            setting = dask.config.set(num_workers=n)
+            self._undo.append(lambda: setting.__exit__(None, None, None))
+        if "numpy" in sys.modules:
             from threadpoolctl import threadpool_limits
 
-            limits = threadpool_limits(limits=n)
-            self._undo.append(("blas", limits.restore_original_limits))
+            self._undo.append(threadpool_limits(limits=n).restore_original_limits)
+        return self
 
     def __exit__(self, *exc):
-        for _, undo in reversed(self._undo):
+        for undo in reversed(self._undo):
             undo()
         return False
 

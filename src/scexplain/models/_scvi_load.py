@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 import types
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def load_scvi_model(path: str | Path, *, allow_pickle: bool = False):
     if not (path / "model.pt").is_file():
         raise ValueError(f"{str(path)!r} is a folder but not a saved scvi-tools model (no model.pt in it); pass the "
                          "folder written by model.save(folder).")
-    reading = _unpickling_allowed() if allow_pickle else _read_without_pickle(scvi)
+    reading = nullcontext() if allow_pickle else _read_without_pickle(scvi)
     with reading, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scvi-tools' notices about the saved version and the accelerator
         registry = scvi.model.base.BaseModelClass.load_registry(str(path))
@@ -65,11 +65,6 @@ def load_scvi_model(path: str | Path, *, allow_pickle: bool = False):
         cls = getattr(scvi.model, name)
         stand_in = None if (path / "adata.h5ad").is_file() else _stand_in(registry)
         return cls.load(str(path), adata=stand_in, accelerator="cpu")
-
-
-@contextmanager
-def _unpickling_allowed():
-    yield
 
 
 def read_model_file(path: str | Path, map_location=None) -> dict:
