@@ -229,58 +229,63 @@ def _safe_target(target: str) -> bool:
 
 def _safe_expression(text: str) -> bool:
     """A sympy expression of numbers, symbols and known functions only (what ``sympify`` may ``eval``)."""
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError):
-        return False
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_FUNCTIONS):
-                return False
-            if any(k.arg not in _SYMBOL_FLAGS or not isinstance(k.value, ast.Constant) for k in node.keywords):
-                return False
-        elif isinstance(node, ast.Name):
-            if not (node.id in _SYMPY_FUNCTIONS or re.match(r"^[a-z]+[0-9]+$", node.id)):
-                return False
-        elif isinstance(node, ast.Constant):
-            if isinstance(node.value, str) and not _IDENTIFIER.match(node.value):
-                return False
-        elif not isinstance(node, _ARITHMETIC):
-            return False
-    return True
+    return _made_of(text, _expression_node)
+
+
+def _expression_node(node: ast.AST) -> bool | None:
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in _SYMPY_FUNCTIONS and all(
+            k.arg in _SYMBOL_FLAGS and isinstance(k.value, ast.Constant) for k in node.keywords)
+    if isinstance(node, ast.Name):
+        return node.id in _SYMPY_FUNCTIONS or bool(re.match(r"^[a-z]+[0-9]+$", node.id))
+    return None
 
 
 def _safe_guard(text: str) -> bool:
     """A shape check: ``L['x'].size()[0] >= 2`` and the like (what ``ep.module()`` pastes into code it runs)."""
-    if not isinstance(text, str) or any(c in text for c in "\"\n\\;"):
-        return False
+    return isinstance(text, str) and not any(c in text for c in "\"\n\\;") and _made_of(text, _guard_node)
+
+
+def _guard_node(node: ast.AST) -> bool | None:
+    if isinstance(node, ast.Call):
+        method = isinstance(node.func, ast.Attribute) and node.func.attr in _GUARD_METHODS and not node.args
+        function = (isinstance(node.func, ast.Name) and node.func.id in _GUARD_FUNCTIONS) or _math(node.func)
+        return not node.keywords and (method or function)
+    if isinstance(node, ast.Attribute):
+        return node.attr in _GUARD_METHODS or _math(node)
+    if isinstance(node, ast.Name):
+        return node.id in {"L", "math"} | _GUARD_FUNCTIONS
+    if isinstance(node, ast.Subscript):
+        index = node.slice
+        return isinstance(index, ast.Constant) and (isinstance(index.value, int) or (
+            isinstance(index.value, str) and bool(_IDENTIFIER.match(index.value))))
+    return None
+
+
+def _math(node: ast.AST) -> bool:
+    """``math.<function>``."""
+    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "math"
+            and callable(getattr(math, node.attr, None)))
+
+
+def _made_of(text: str, judge) -> bool:
+    """Whether ``text`` parses as one expression whose every node ``judge`` accepts.
+
+    ``judge(node)`` returns ``True``/``False``, or ``None`` for the nodes common to both grammars: constants
+    (numbers, identifier-like strings) and the syntax of arithmetic and comparisons.
+    """
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError):
         return False
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            method = isinstance(node.func, ast.Attribute) and node.func.attr in _GUARD_METHODS and not node.args
-            function = (isinstance(node.func, ast.Name) and node.func.id in _GUARD_FUNCTIONS) or (
-                isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
-                and node.func.value.id == "math" and callable(getattr(math, node.func.attr, None)))
-            if node.keywords or not (method or function):
-                return False
-        elif isinstance(node, ast.Attribute):
-            if node.attr not in _GUARD_METHODS and not (isinstance(node.value, ast.Name) and node.value.id == "math"):
-                return False
-        elif isinstance(node, ast.Name):
-            if node.id not in {"L", "math"} | _GUARD_FUNCTIONS:
-                return False
-        elif isinstance(node, ast.Subscript):
-            index = node.slice
-            if not (isinstance(index, ast.Constant) and (isinstance(index.value, int) or (
-                    isinstance(index.value, str) and _IDENTIFIER.match(index.value)))):
-                return False
-        elif isinstance(node, ast.Constant):
-            if isinstance(node.value, str) and not _IDENTIFIER.match(node.value):
-                return False
-        elif not isinstance(node, _ARITHMETIC):
+        verdict = judge(node)
+        if verdict is None:
+            if isinstance(node, ast.Constant):
+                verdict = not isinstance(node.value, str) or bool(_IDENTIFIER.match(node.value))
+            else:
+                verdict = isinstance(node, _ARITHMETIC)
+        if not verdict:
             return False
     return True
 
