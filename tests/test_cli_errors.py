@@ -42,11 +42,20 @@ def _one_line(proc, command, *words):
      ("truncated.h5ad", ["Cannot read", "h5ad", "complete"]),
      ("junk.zarr", ["not a zarr store", "write_zarr"])],
 )
-def test_corrupt_input_gives_one_line(workdir, name, words):
-    proc = run_cli("deep-shap", "-i", workdir / name, "-o", workdir / f"out-{name}", "--model",
-                   workdir / "model.pt2")
-    _one_line(proc, "deep-shap", *words)
+def test_corrupt_input_gives_one_line(workdir, capsys, name, words):
+    assert main(["deep-shap", "-i", str(workdir / name), "-o", str(workdir / f"out-{name}"), "--model",
+                 str(workdir / "model.pt2")]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("scexplain deep-shap: error: ")
+    assert all(w in lines[0] for w in words), lines[0]
     assert not (workdir / f"out-{name}").exists()
+
+
+def test_corrupt_input_in_a_fresh_process(workdir):
+    """``echo junk > in.h5ad``: one line, exit 1, no traceback, nothing else on stderr."""
+    proc = run_cli("deep-shap", "-i", workdir / "junk.h5ad", "-o", workdir / "out.h5ad", "--model",
+                   workdir / "model.pt2")
+    _one_line(proc, "deep-shap", "Cannot read", "junk.h5ad")
 
 
 def test_corrupt_input_with_debug_shows_the_traceback(workdir):

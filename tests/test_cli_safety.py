@@ -207,3 +207,41 @@ def test_scvi_reader_reads_what_scvi_tools_saves(tmp_path):
     assert set(safe) == set(full)
     assert_value_equal(plain(safe), plain(full))
     assert type(safe["attr_dict"]) is type(full["attr_dict"])
+
+
+@pytest.mark.parametrize(
+    ("text", "safe"),
+    [("Symbol('s31', positive=True, integer=True)", True), ("Max(2, s1) + 3*s2 - FloorDiv(s0, 2)", True),
+     ("__import__('os').system('x')", False), ("s1.__class__", False), ("Symbol('a b')", False),
+     ("Symbol('s0', evaluate=__import__('os'))", False), ("lambda: 0", False), ("[s0 for s0 in s1]", False)],
+)
+def test_symbolic_expression_grammar(text, safe):
+    from scexplain._commands._pt2 import _safe_expression
+
+    assert _safe_expression(text) is safe
+
+
+@pytest.mark.parametrize(
+    ("text", "safe"),
+    [("L['input'].size()[0] >= 2", True), ("L['x'].size()[1] == 10 and L['x'].stride()[1] == 1", True),
+     ("math.isnan(L['x'].size()[0]) == False", True), ("__import__('os').system('x') == 0", False),
+     ("L['x'].__class__", False), ('L["x"].size()[0] >= 2', False), ("L['x').size(); import os", False),
+     ("torch.os.system('x')", False), ("L['a b'].size()[0] == 1", False), ("math.__dict__", False)],
+)
+def test_guard_grammar(text, safe):
+    from scexplain._commands._pt2 import _safe_guard
+
+    assert _safe_guard(text) is safe
+
+
+@pytest.mark.parametrize(
+    ("target", "safe"),
+    [("torch.ops.aten.linear.default", True), ("torch.ops.aten.softmax.int", True), ("_operator.getitem", True),
+     ("torch.ops.aten.save.default", False), ("torch.ops.aten.from_file.default", False),
+     ("torch.os.system", False), ("builtins.eval", False), ("_operator.attrgetter", False),
+     ("torch.ops.aten.no_such_op.default", False), ("torch.ops.higher_order.cond", False)],
+)
+def test_node_targets(target, safe):
+    from scexplain._commands._pt2 import _safe_target
+
+    assert _safe_target(target) is safe

@@ -76,3 +76,14 @@ def test_programs_of_two_inputs_or_in_training_mode_are_refused():
         adapt(program)
     with pytest.raises(ValueError, match="explain="):
         adapt(_export(torch.nn.Linear(5, 2), 5), explain="latent")
+
+
+@pytest.mark.gpu
+def test_program_on_the_gpu_equals_the_cpu(toy_adata):
+    model = mlp(toy_adata.n_vars)
+    program = _export(model, toy_adata.n_vars)
+    cpu, gpu = toy_adata.copy(), toy_adata.copy()
+    kwargs = {"groupby": "cell_type", "layer": "lognorm", "dtype": "float64", "progress": False}
+    sx.tl.deep_shap(cpu, program, device="cpu", **kwargs)
+    sx.tl.deep_shap(gpu, program, device="cuda", **kwargs)
+    np.testing.assert_allclose(gpu.layers["deep_shap"], cpu.layers["deep_shap"], rtol=1e-9, atol=1e-11)
