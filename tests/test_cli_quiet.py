@@ -19,22 +19,26 @@ def _train_tiny_scvi():
     model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, logger=False)
 
 
-def test_training_scvi_inside_quiet_prints_no_banner(capfd):
-    with quiet():
+def _shown(capfd, caplog) -> str:
+    """What reached the terminal, or would have: the output, and the log records emitted (any handler)."""
+    captured = capfd.readouterr()
+    return captured.out + captured.err + caplog.text
+
+
+def test_training_scvi_inside_quiet_prints_no_banner(capfd, caplog):
+    with caplog.at_level(logging.INFO), quiet():
         _train_tiny_scvi()
         warnings.warn("a third-party deprecation", DeprecationWarning, stacklevel=1)
-    captured = capfd.readouterr()
-    text = captured.out + captured.err
+    text = _shown(capfd, caplog)
     assert not [b for b in BANNERS if b in text], text
     assert "third-party deprecation" not in text
 
 
-def test_verbose_shows_the_banners(capfd):
+def test_verbose_shows_the_banners(capfd, caplog):
     """The counter-check: the same training shows its banners when asked to."""
-    with quiet(verbose=True):
+    with caplog.at_level(logging.INFO), quiet(verbose=True):
         _train_tiny_scvi()
-    captured = capfd.readouterr()
-    assert "GPU available" in captured.out + captured.err
+    assert "GPU available" in _shown(capfd, caplog)
 
 
 def test_our_warnings_still_show_on_one_line(capfd):
