@@ -1,4 +1,4 @@
-"""The command line: h5ad in → h5ad out, exit codes, atomic writes, never overwriting the input."""
+"""The command line: AnnData in → AnnData out, safe model formats, exit codes, atomic writes, never the input."""
 
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import scexplain as sx
+from _cli_helpers import export, mlp
 from scexplain.cli import main
 
 
@@ -17,26 +18,45 @@ def files(tmp_path, toy_adata):
     adata = toy_adata.copy()
     path_in = tmp_path / "in.h5ad"
     adata.write_h5ad(path_in)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(adata.n_vars, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
-    path_model = tmp_path / "model.pt"
-    torch.save(model, path_model)
-    return path_in, path_model, tmp_path / "out.h5ad", model
+    model = mlp(adata.n_vars)
+    export(model, adata.n_vars, tmp_path / "model.pt2")
+    torch.save(model, tmp_path / "model.pt")
+    return path_in, tmp_path / "model.pt2", tmp_path / "out.h5ad", model
 
 
-def test_deep_shap_cli_round_trip(files):
+def test_deep_shap_of_an_exported_program_equals_the_python_api(files):
     path_in, path_model, path_out, model = files
     rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model),
                "--groupby", "cell_type", "--layer", "lognorm", "--n-background", "20"])
     assert rc == 0
     out = ad.read_h5ad(path_out)
     expected = ad.read_h5ad(path_in)
-    sx.tl.deep_shap(expected, model, groupby="cell_type", layer="lognorm", n_background=20, progress=False)
+    sx.tl.deep_shap(expected, torch.export.load(path_model), groupby="cell_type", layer="lognorm", n_background=20,
+                    progress=False)
     np.testing.assert_array_equal(out.layers["deep_shap"], expected.layers["deep_shap"])
-    assert list(tmp for tmp in path_out.parent.iterdir() if tmp.name.endswith(".tmp")) == []
+    eager = ad.read_h5ad(path_in)  # the program explains exactly as the module it was exported from
+    sx.tl.deep_shap(eager, model, groupby="cell_type", layer="lognorm", n_background=20, progress=False)
+    np.testing.assert_allclose(out.layers["deep_shap"], eager.layers["deep_shap"], rtol=1e-5, atol=1e-6)
+    assert out.uns["deep_shap"]["additivity"]["max_relative_error"] < 1e-3
+    assert [p.name for p in path_out.parent.iterdir() if p.name.endswith(".tmp")] == []
     # the input is unchanged; the output has ordinary permissions (not mkstemp's 0600)
     assert "deep_shap" not in ad.read_h5ad(path_in).layers
     assert path_out.stat().st_mode & 0o044 == path_in.stat().st_mode & 0o044
+
+
+def test_torch_save_file_needs_allow_pickle(files, capsys):
+    path_in, _, path_out, model = files
+    path_model = path_in.parent / "model.pt"
+    argv = ["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model), "--groupby",
+            "cell_type", "--layer", "lognorm", "--n-background", "20"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--allow-pickle" in err and "torch.export.save" in err and err.count("\n") == 1
+    assert not path_out.exists()
+    assert main([*argv, "--allow-pickle"]) == 0
+    expected = ad.read_h5ad(path_in)
+    sx.tl.deep_shap(expected, model, groupby="cell_type", layer="lognorm", n_background=20, progress=False)
+    np.testing.assert_array_equal(ad.read_h5ad(path_out).layers["deep_shap"], expected.layers["deep_shap"])
 
 
 def test_refuses_to_overwrite_input(files, capsys):
@@ -58,8 +78,8 @@ def test_error_exit_1_and_no_output_written(files, capsys):
 
 def test_missing_model_and_input(files, capsys):
     path_in, _, path_out, _ = files
-    assert main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", "nope.pt"]) == 1
-    assert main(["deep-shap", "-i", "nope.h5ad", "-o", str(path_out), "--model", "nope.pt"]) == 1
+    assert main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", "nope.pt2"]) == 1
+    assert main(["deep-shap", "-i", "nope.h5ad", "-o", str(path_out), "--model", "nope.pt2"]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -78,3 +98,13 @@ def test_info_lists_results(files, capsys):
     capsys.readouterr()
     assert main(["info", "-i", str(path_out)]) == 0
     assert "deep_shap: method=deep_shap target=all" in capsys.readouterr().out
+
+
+def test_every_command_takes_the_run_options(capsys):
+    for command in ("deep-shap", "vargrad", "smoothgrad", "integrated-gradients", "tree-shap", "info", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert all(option in text for option in ("--threads", "--verbose", "--debug")), command
+        if command not in ("info", "demo"):
+            assert "--allow-pickle" in text and ".zarr" in text, command

@@ -256,7 +256,7 @@ def test_cli_joblib_and_xgboost_json(pbmc, forest, tmp_path, capsys):
     pbmc.write_h5ad(path_in)
     joblib.dump(forest, tmp_path / "rf.joblib")
     rc = main(["tree-shap", "-i", str(path_in), "-o", str(tmp_path / "out.h5ad"), "--model",
-               str(tmp_path / "rf.joblib"), "--use-rep", "X_pca", "--groupby", "bulk_labels"])
+               str(tmp_path / "rf.joblib"), "--use-rep", "X_pca", "--groupby", "bulk_labels", "--allow-pickle"])
     assert rc == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.obsm["tree_shap"].shape == (700, 20)
@@ -272,5 +272,5 @@ def test_cli_joblib_and_xgboost_json(pbmc, forest, tmp_path, capsys):
     own = pbmc.obs["bulk_labels"].cat.codes.to_numpy()
     np.testing.assert_allclose(out.obsm["xgb"], expected[np.arange(700), :, own], atol=1e-5)
     rc = main(["tree-shap", "-i", str(path_in), "-o", str(tmp_path / "bad.h5ad"), "--model",
-               str(tmp_path / "rf.joblib"), "--use-rep", "X_umap", "--groupby", "bulk_labels"])
+               str(tmp_path / "rf.joblib"), "--use-rep", "X_umap", "--groupby", "bulk_labels", "--allow-pickle"])
     assert rc == 1 and "X_umap" in capsys.readouterr().err and not (tmp_path / "bad.h5ad").exists()

@@ -1,4 +1,4 @@
-"""``scexplain deep-shap``: DeepSHAP of a saved torch model (or scvi-tools model folder) on an h5ad file."""
+"""``scexplain deep-shap``: DeepSHAP of a saved torch model (or scvi-tools model folder) on an AnnData file (.h5ad or .zarr)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-background", type=int, default=100, help="background cells (default: 100)")
 
 
-@register("deep-shap", help="DeepSHAP attributions of a torch or scvi-tools model; h5ad in, h5ad out.")
+@register("deep-shap", help="DeepSHAP attributions of a torch or scvi-tools model; AnnData in, AnnData out.")
 def run(args: argparse.Namespace) -> int:
     """``scexplain deep-shap``."""
     from ..tl import deep_shap

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..cli import register, write_h5ad_atomic, write_zarr_atomic
+from .._io import write_h5ad_atomic, write_zarr_atomic
+from ..cli import register
 
 logger = logging.getLogger("scexplain")
 

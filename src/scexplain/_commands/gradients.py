@@ -1,4 +1,4 @@
-"""``scexplain vargrad|smoothgrad|integrated-gradients``: gradient attributions of a saved model on an h5ad file."""
+"""``scexplain vargrad|smoothgrad|integrated-gradients``: gradient attributions of a saved model on an AnnData file (.h5ad or .zarr)."""
 
 from __future__ import annotations
 

@@ -8,14 +8,14 @@ from ..cli import register
 
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", required=True, help="an .h5ad file")
+    parser.add_argument("--input", "-i", required=True, help="an .h5ad file or .zarr store")
 
 
 @register("info", help="List the scexplain results stored in an h5ad file.")
 def _info(args: argparse.Namespace) -> int:
-    import anndata as ad
+    from .._io import read_input
 
-    adata = ad.read_h5ad(args.input, backed="r")
+    adata = read_input(args.input, backed=True)
     found = False
     from .._results import get_result
     from .._store import is_result

@@ -1,49 +1,20 @@
-"""``scexplain tree-shap``: exact TreeSHAP of a saved tree ensemble on an h5ad file."""
+"""``scexplain tree-shap``: exact TreeSHAP of a saved tree ensemble on an AnnData file."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..cli import add_io_arguments, check_io_paths, register, write_h5ad_atomic
-from ._common import parse_target
-
-
-def load_tree_model(path: str):
-    """A tree model from a file.
-
-    ``.joblib``/``.pkl``/``.pickle``: any supported model saved with ``joblib.dump`` (unpickled: trusted files only);
-    ``.json``/``.ubj``: an XGBoost model (``save_model``); ``.txt``: a LightGBM model (``save_model``).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Model {path!r} does not exist.")
-    suffix = p.suffix.lower()
-    if suffix in (".joblib", ".pkl", ".pickle"):
-        import joblib
-
-        return joblib.load(p)
-    from .._optional import import_optional
-
-    if suffix in (".json", ".ubj"):
-        xgb = import_optional("xgboost", purpose="loading XGBoost models")
-        booster = xgb.Booster()
-        booster.load_model(str(p))
-        return booster
-    if suffix == ".txt":
-        lgb = import_optional("lightgbm", purpose="loading LightGBM models")
-        return lgb.Booster(model_file=str(p))
-    raise ValueError(
-        f"Unknown model file type {suffix!r}: use .joblib/.pkl (joblib.dump of any supported model), "
-        ".json/.ubj (XGBoost save_model) or .txt (LightGBM save_model)."
-    )
+from ..cli import add_io_arguments, register
+from ._common import explain_file, parse_names, parse_target
+from ._models import ALLOW_PICKLE_HELP, load_tree_model
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     add_io_arguments(parser)
     parser.add_argument("--model", "-m", required=True,
-                        help="model file: .joblib/.pkl (unpickled: trusted files only), .json/.ubj (XGBoost), "
-                             ".txt (LightGBM)")
+                        help="model file: .skops (scikit-learn, skops.io.dump), .json/.ubj (XGBoost save_model), "
+                             ".txt (LightGBM save_model); .joblib/.pkl need --allow-pickle")
+    parser.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     parser.add_argument("--use-rep", help="obsm embedding the model was trained on (default: genes)")
     parser.add_argument("--layer", help="layer holding the model's input genes (default: X)")
     parser.add_argument("--groupby", help="obs column with each cell's class")
@@ -60,35 +31,33 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-added", help="storage key (default: tree_shap)")
 
 
-@register("tree-shap", help="Exact TreeSHAP of a tree ensemble (scikit-learn, XGBoost, LightGBM); h5ad in, h5ad out.")
+@register("tree-shap", help="Exact TreeSHAP of a tree ensemble (scikit-learn, XGBoost, LightGBM); AnnData in, "
+                            "AnnData out.")
 def run(args: argparse.Namespace) -> int:
     """Read, explain, write atomically."""
-    import anndata as ad
 
-    from .. import tl
+    def explain(adata, model):
+        from .. import tl
 
-    check_io_paths(args.input, args.output)
-    model = load_tree_model(args.model)
-    adata = ad.read_h5ad(args.input)
-    tl.tree_shap_gpu(
-        adata,
-        model,
-        use_rep=args.use_rep,
-        layer=args.layer,
-        groupby=args.groupby,
-        target=parse_target(args.target),
-        output_names=args.output_names.split(",") if args.output_names else None,
-        feature_perturbation=args.feature_perturbation,
-        n_background=args.n_background,
-        interactions=args.interactions,
-        keep_all=args.keep_all,
-        device=args.device,
-        random_state=args.seed,
-        key_added=args.key_added,
-        progress=False,
-    )
-    write_h5ad_atomic(adata, args.output)
-    return 0
+        tl.tree_shap_gpu(
+            adata,
+            model,
+            use_rep=args.use_rep,
+            layer=args.layer,
+            groupby=args.groupby,
+            target=parse_target(args.target),
+            output_names=parse_names(args.output_names),
+            feature_perturbation=args.feature_perturbation,
+            n_background=args.n_background,
+            interactions=args.interactions,
+            keep_all=args.keep_all,
+            device=args.device,
+            random_state=args.seed,
+            key_added=args.key_added,
+            progress=False,
+        )
+
+    return explain_file(args, lambda: load_tree_model(args.model, allow_pickle=args.allow_pickle), explain)
 
 
 run.add_arguments = _arguments

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch._ops import OpOverload, OpOverloadPacket
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -57,7 +58,8 @@ BILINEAR = frozenset("mul multiply matmul mm bmm mv dot inner outer einsum".spli
 LINEAR = frozenset(
     """linear addmm addmv addbmm baddbmm tensordot vdot kron conv1d conv2d conv3d conv_transpose1d conv_transpose2d
     conv_transpose3d convolution batch_norm dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
-    avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d pad constant_pad_nd
+    native_batch_norm_legit_no_training slice index alias copy lift_fresh_copy unsafe_view avg_pool1d avg_pool2d
+    avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d pad constant_pad_nd
     interpolate upsample upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_linear1d
     upsample_bilinear2d upsample_trilinear3d pixel_shuffle pixel_unshuffle channel_shuffle fold unfold add sub
     subtract rsub neg negative positive sum nansum mean nanmean cumsum diff trace lerp view view_as reshape
@@ -74,11 +76,16 @@ LINEAR = frozenset(
 METADATA = frozenset(
     """zeros_like ones_like empty_like full_like rand_like randn_like randint_like new_zeros new_ones new_empty
     new_full dim size numel ndimension nelement stride is_contiguous is_floating_point is_complex element_size
-    get_device __len__""".split()
+    get_device __len__ sym_size sym_numel sym_stride sym_storage_offset assert_tensor_metadata assert_async
+    assert_scalar functional_assert_async""".split()
 )
 #: attributes holding values (``x.shape``, ``x.dtype``, ... are metadata)
 VALUE_ATTRIBUTES = frozenset(".T .mT .H .mH .real .imag .data".split())
 CONSTANT_RESULT = METADATA | frozenset("detach detach_ new_tensor .data".split())
+#: comparisons: with one varying operand, their result is a mask, a step function of it (see ``where``)
+COMPARISONS = frozenset("gt ge lt le eq ne greater greater_equal less less_equal not_equal".split())
+#: ops that select between values by a mask (``where(mask, a, b)``, ``masked_fill(x, mask, v)``)
+SELECTIONS = frozenset({"where", "masked_fill"})
 
 
 def is_metadata(name: str) -> bool:
@@ -91,7 +98,8 @@ PIECEWISE_LINEAR = frozenset(
 )
 SOFTMAX = frozenset("softmax log_softmax softmin logsumexp".split())
 #: normalisations over the last dims: name → positional order of (weight, bias, eps) after (input, normalized_shape)
-NORMS = {"layer_norm": ("weight", "bias", "eps"), "rms_norm": ("weight", "eps")}
+NORMS = {"layer_norm": ("weight", "bias", "eps"), "rms_norm": ("weight", "eps"),
+         "native_layer_norm": ("weight", "bias", "eps")}
 MAX_POOL = re.compile(r"^(adaptive_)?max_pool([123])d(_with_indices)?$")
 REDUCE_MAX = frozenset("max min amax amin".split())
 #: name → (position of the ``training`` flag, its default)
@@ -103,12 +111,24 @@ _DUNDER = {
     "__isub__": "sub_", "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul_", "__truediv__": "div",
     "__rtruediv__": "rdiv", "__div__": "div", "__rdiv__": "rdiv", "__itruediv__": "div_", "__idiv__": "div_",
     "__pow__": "pow", "__rpow__": "rpow", "__ipow__": "pow_", "__matmul__": "matmul", "__rmatmul__": "matmul",
-    "__neg__": "neg", "__pos__": "positive", "__abs__": "abs",
+    "__neg__": "neg", "__pos__": "positive", "__abs__": "abs", "__gt__": "gt", "__ge__": "ge", "__lt__": "lt",
+    "__le__": "le", "__eq__": "eq", "__ne__": "ne", "__invert__": "logical_not",
 }
+
+#: ATen operators (as torch.export graphs call them) whose torch-level op has another name
+_ATEN: dict[str, str] = {"_to_copy": "to", "_unsafe_view": "view", "alias": "view", "lift_fresh_copy": "clone"}
 
 
 def op_name(func: Callable) -> str:
-    """Normalised name of a torch function: ``torch.exp``, ``Tensor.exp`` → ``"exp"``; ``x.T`` → ``".T"``."""
+    """Normalised name of a torch function: ``torch.exp``, ``Tensor.exp`` → ``"exp"``; ``x.T`` → ``".T"``.
+
+    ATen operators (``torch.ops.aten.exp.default``, as the graphs of ``torch.export`` programs call them) get
+    the name of their operator without the overload (``"exp"``), or the torch-level op they are
+    (``aten._to_copy`` → ``"to"``).
+    """
+    if isinstance(func, OpOverload | OpOverloadPacket):
+        name = (func._schema.name if isinstance(func, OpOverload) else func._qualified_op_name).split("::")[-1]
+        return _ATEN.get(name, name.lstrip("_"))
     name = getattr(func, "__name__", None) or type(func).__name__
     if name == "__get__":
         return "." + str(getattr(getattr(func, "__self__", None), "__name__", "?"))
@@ -359,6 +379,7 @@ class DeepLiftMode(TorchFunctionMode):
         self._varying = WeakTensorKeyDictionary()  # tensor → True
         self._x = WeakTensorKeyDictionary()  # varying tensor → its cells' half with gradient
         self._discrete = WeakTensorKeyDictionary()  # mask / index computed from a varying tensor → the op
+        self._masks = WeakTensorKeyDictionary()  # mask m(z) from a comparison → (z as pairs, m as floats)
 
     # --- bookkeeping
     def is_varying(self, t: Any) -> bool:
@@ -407,6 +428,10 @@ class DeepLiftMode(TorchFunctionMode):
         """Apply the op's rule (or compute it plainly when it touches no varying tensor)."""
         call.varying = [i for i, t in enumerate(call.leaves) if self.is_varying(t)]
         origins = [self._discrete[t] for t in call.leaves if isinstance(t, Tensor) and t in self._discrete]
+        if call.name in _MASK_OPS:
+            result = self._mask_op(call, origins)
+            if result is not None:
+                return result
         if not call.varying:
             result = call.run()
             if origins:
@@ -419,6 +444,66 @@ class DeepLiftMode(TorchFunctionMode):
             return self._dispatch(call)
         except Unruled as why:
             return self._plain(call, unruled=str(why))
+
+    def _mask_op(self, call: Call, origins: list[str]):
+        """A mask made from one varying tensor, or a selection by such a mask; ``None`` for any other call.
+
+        A comparison of one varying tensor ``z`` with constants is a step function ``m(z)`` (values 0/1): its
+        rescale multiplier is ``Δm / Δz`` (0 where ``Δz = 0``, where ``Δm`` is 0 too). ``where(m, a, b)`` is
+        ``b + m · (a − b)``, a product of two varying factors (Shapley rule), so the selection sums to its delta.
+        This is how decompositions to core ATen write piecewise maps (``softplus``, ``celu``, ``threshold``, ...).
+        """
+        name = call.name
+        if name in COMPARISONS:
+            if len(call.varying) != 1 or origins or call.kwargs.get("out") is not None:
+                return None
+            z = call.tensor()
+            result = self._plain(call, unruled=name)  # a discrete result: reported only if used without a rule
+            if isinstance(result, Tensor) and result.shape == z.shape and z.dim() and z.shape[0] == 2 * self.n_pairs:
+                self._masks[result] = (self.paired(z), result.to(z.dtype))
+            return result
+        masks = [t for t in call.leaves if isinstance(t, Tensor) and t in self._masks]
+        if len(masks) != 1 or len(origins) != 1:
+            return None
+        z, m = self._masks[masks[0]]
+        if name == "logical_not" and call.leaves[0] is masks[0] and len(call.leaves) == 1:
+            result = call.run()
+            self._mark_discrete(result, origins[0])
+            self._masks[result] = (z, 1.0 - m)
+            return result
+        if name in SELECTIONS:
+            return self._select_by_mask(call, masks[0], z, m)
+        return None
+
+    def _select_by_mask(self, call: Call, mask: Tensor, z: Paired, m: Tensor):
+        """``where(mask, a, b)`` / ``masked_fill(b, mask, a)``: ``b + m · (a − b)`` (see :meth:`_mask_op`)."""
+        p = self.n_pairs
+        names = ("condition", "input", "other") if call.name == "where" else ("input", "mask", "value")
+        args = dict(zip(names, call.args, strict=False)) | call.kwargs
+        cond = args.get("condition", args.get("mask"))
+        a, b = (args.get("input"), args.get("other")) if call.name == "where" else (args.get("value"), args.get("input"))
+        if cond is not mask or a is None or b is None:
+            return None
+        value = call.run()
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() == 0:
+            return None
+        if value.shape[0] != 2 * p or torch.broadcast_shapes(m.shape, value.shape) != value.shape:
+            return None
+        slope = torch.where(z.full[:p] != z.full[p:], (m[:p] - m[p:]) / (z.full[:p] - z.full[p:]), 0.0)
+        step = Paired(torch.addcmul(m[:p], slope, z.x - z.full[:p]).expand_as(value[:p]), m.expand_as(value))
+        a, b = self._operand(a, value), self._operand(b, value)
+        diff = Paired(a.x - b.x, a.full - b.full)
+        x, _ = product(torch.mul, step, diff, p)
+        return self.join(graft(value, b.x + x, p))
+
+    def _operand(self, t, like: Tensor) -> Paired:
+        """A selection's operand (varying or constant, tensor or number) as pairs broadcast to ``like``."""
+        p = self.n_pairs
+        if self.is_varying(t):
+            pt = self.paired(t)
+            return Paired(pt.x.expand_as(like[:p]), pt.full.expand_as(like))
+        t = torch.as_tensor(t, dtype=like.dtype, device=like.device).expand_as(like)
+        return Paired(t[:p], t)
 
     def _propagate_discrete(self, call: Call, result: Any, origins: list[str]) -> None:
         """A discrete tensor derived from the input: taint what it computes; floats made from it are reported."""
@@ -572,7 +657,7 @@ class DeepLiftMode(TorchFunctionMode):
         out = None
         if "out" in call.kwargs:
             pass
-        elif name == "batch_norm" and call.func is F.batch_norm:
+        elif name in _BATCH_NORMS:
             out = self._batch_norm(call)
         elif name in _ROW_INPUT:
             out = self._matrix_product(call)
@@ -604,16 +689,24 @@ class DeepLiftMode(TorchFunctionMode):
             start += t.shape[1]
 
     def _batch_norm(self, call: Call):
-        """Eval-mode batch norm as the affine map it is (its own backward has no batched rule: slow under vmap)."""
-        args = inspect.signature(F.batch_norm).bind(*call.args, **call.kwargs).arguments
-        x, mean, var = args["input"], args["running_mean"], args["running_var"]
+        """Eval-mode batch norm as the affine map it is (its own backward has no batched rule: slow under vmap).
+
+        ``F.batch_norm``, ``torch.batch_norm`` / ``aten.batch_norm`` (another argument order) and core ATen's
+        ``_native_batch_norm_legit_no_training`` (which also returns two empty tensors).
+        """
+        params = _BATCH_NORMS["F" if call.func is F.batch_norm else call.name]
+        args = dict(zip(params, call.args, strict=False)) | call.kwargs
+        x, mean, var = args["input"], args.get("running_mean"), args.get("running_var")
         if len(call.varying) != 1 or call.tensor() is not x or mean is None or var is None or x.dim() < 2:
             return None
         weight, bias, eps = args.get("weight"), args.get("bias"), args.get("eps", 1e-5)
         scale = torch.rsqrt(var + eps) if weight is None else weight * torch.rsqrt(var + eps)
         shift = -mean * scale if bias is None else bias - mean * scale
         shape = (-1,) + (1,) * (x.dim() - 2)
-        return self._rowwise(call, lambda t: torch.addcmul(shift.view(shape), t, scale.view(shape)))
+        out = self._rowwise(call, lambda t: torch.addcmul(shift.view(shape), t, scale.view(shape)))
+        if out is None or call.name == "batch_norm":
+            return out
+        return out, x.new_empty(0), x.new_empty(0)
 
     def _elementwise(self, call: Call):
         name, p = call.name, self.n_pairs
@@ -688,13 +781,18 @@ class DeepLiftMode(TorchFunctionMode):
         dims = tuple(range(z.dim() - len(shape), z.dim()))
         eps = named.get("eps", 1e-5 if call.name == "layer_norm" else None)  # the defaults of F.layer_norm, F.rms_norm
         eps = float(torch.finfo(z.dtype).eps) if eps is None else float(eps)
-        carrier = norm_like(self.paired(z), dims, self.n_pairs, eps, center=call.name == "layer_norm").x
+        carrier = norm_like(self.paired(z), dims, self.n_pairs, eps, center=call.name != "rms_norm").x
         weight, bias = named.get("weight"), named.get("bias")
         if weight is not None:
             carrier = carrier * weight
         if bias is not None:
             carrier = carrier + bias
-        return self.join(graft(call.run(), carrier, self.n_pairs))
+        value = call.run()
+        if isinstance(value, Tensor):
+            return self.join(graft(value, carrier, self.n_pairs))
+        # aten.native_layer_norm: (out, mean, rstd); mean and rstd carry no rule (reported if they shape a value)
+        self._mark_discrete(value[1:], f"{call.name} (mean, rstd)")
+        return (self.join(graft(value[0], carrier, self.n_pairs)), *value[1:])
 
     def _max_pool(self, call: Call):
         match = MAX_POOL.match(call.name)
@@ -713,7 +811,7 @@ class DeepLiftMode(TorchFunctionMode):
         p = self.n_pairs
         out = self.join((x.view_as(value[:p]), bg.view_as(value[p:])))
         wants_index = bool(match.group(3)) or bool(call.kwargs.get("return_indices", False)) or (
-            len(call.args) > n_pos and bool(call.args[n_pos]))
+            len(call.args) > n_pos and bool(call.args[n_pos])) or _returns(call) == 2  # aten.adaptive_max_pool1d
         return (out, index) if wants_index else out
 
     def _reduce_max(self, call: Call):
@@ -735,20 +833,27 @@ class DeepLiftMode(TorchFunctionMode):
         if name in {"amax", "amin"}:
             value = result if keepdim else result.unsqueeze(d)
             index = (torch.max if largest else torch.min)(z.detach(), d, keepdim=True).indices
-        else:
-            value = result.values if keepdim else result.values.unsqueeze(d)
-            index = result.indices if keepdim else result.indices.unsqueeze(d)
+        else:  # (values, indices): torch.return_types.max, or a tuple from aten.max.dim
+            value = result[0] if keepdim else result[0].unsqueeze(d)
+            index = result[1] if keepdim else result[1].unsqueeze(d)
         x, bg = select(self.paired(z), value, index, d, self.n_pairs, largest)
         out = self.join((x, bg) if keepdim else (x.squeeze(d), bg.squeeze(d)))
         if name in {"amax", "amin"}:
             return out
-        return type(result)((out, result.indices))
+        return type(result)((out, result[1]))
 
 
 # --- call helpers ------------------------------------------------------------------------------------------------
 
 
 DIVISION = frozenset({"div", "divide", "true_divide"})
+#: batch norms by name (``"F"``: ``F.batch_norm``): their positional parameters
+_BATCH_NORMS = {
+    "F": ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+    "batch_norm": ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps"),
+    "native_batch_norm_legit_no_training": ("input", "weight", "bias", "running_mean", "running_var", "momentum",
+                                            "eps"),
+}
 #: matrix products of the pair batch: name → position of the row-indexed input
 _ROW_INPUT = {"linear": 0, "matmul": 0, "mm": 0, "bmm": 0, "addmm": 1, "conv1d": 0, "conv2d": 0, "conv3d": 0}
 _CONV_DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
@@ -759,6 +864,7 @@ _IDENTITY = frozenset(
 )
 #: concatenations that may join a varying matrix with constants along the columns
 _COLUMN_CATS = frozenset({"cat", "concat", "concatenate", "hstack", "column_stack"})
+_MASK_OPS = COMPARISONS | SELECTIONS | {"logical_not"}
 #: linear elementwise ops (with row-aligned or row-broadcast arguments)
 _ELEMENTWISE_LINEAR = frozenset(
     "add sub subtract rsub neg negative positive mul multiply div divide true_divide".split()
@@ -775,6 +881,11 @@ def _run_with(call: Call, func: Callable[[Tensor], Tensor], replace: dict[int, T
     """``func`` applied to the (replaced) first varying tensor of ``call``."""
     pos = call.varying[0]
     return func(replace.get(pos, call.leaves[pos]))
+
+
+def _returns(call: Call) -> int | None:
+    """Number of results of an ATen operator (``None`` for other torch functions)."""
+    return len(call.func._schema.returns) if isinstance(call.func, OpOverload) else None
 
 
 def first_tensor(call: Call) -> int:

@@ -88,10 +88,14 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency
         torch = None
-    if torch is not None and isinstance(model, torch.nn.Module):
+    if torch is not None and isinstance(model, torch.nn.Module | torch.export.ExportedProgram):
+        _no_explain(kwargs, "plain torch.nn.Module or torch.export program")
+        if isinstance(model, torch.export.ExportedProgram):
+            from ._exported import ExportedAdapter
+
+            return ExportedAdapter(model, output_names=output_names)
         from ._torch import TorchAdapter
 
-        _no_explain(kwargs, "plain torch.nn.Module")
         return TorchAdapter(model, output_names=output_names)
     tree_hint = (
         " Tree ensembles are explained with `sx.tl.tree_shap_gpu` (exact TreeSHAP)." if kind in ("xgboost", "lightgbm")
