@@ -33,14 +33,10 @@ def test_zarr_input_is_lazy_for_the_matrices_only(stores, toy_adata):
     assert adata.uns["toy"].keys() == toy_adata.uns["toy"].keys()
 
 
-_SPARSE_DASK = pytest.mark.xfail(strict=True, reason="tl's input checks do not take a dask array of sparse blocks "
-                                 "yet (_inputs.check_finite); the dask data path is being rewritten (#12)")
-
-
 @pytest.mark.parametrize(
     ("src", "dst", "layer"),
     [("in.zarr", "out.zarr", "lognorm"), ("in.zarr", "out.h5ad", "lognorm"), ("in.h5ad", "out.zarr", "lognorm"),
-     ("in.h5ad", "out.zarr", "sparse"), pytest.param("in.zarr", "out.zarr", "sparse", marks=_SPARSE_DASK)],
+     ("in.h5ad", "out.zarr", "sparse"), ("in.zarr", "out.zarr", "sparse")],
 )
 def test_zarr_gives_the_numbers_of_h5ad(stores, tmp_path, src, dst, layer):
     common = ["--model", str(stores / "model.pt2"), "--groupby", "cell_type", "--layer", layer,

@@ -108,7 +108,7 @@ def _forward(model, program=None):
 def _explain(forward, x, bg, classes, cov):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeepLiftWarning)  # every op must have its rule
-        return deeplift_shap(forward, x, bg, classes, cov=cov if cov is not None else None)
+        return tuple(deeplift_shap(forward, x, bg, classes, cov=cov if cov is not None else None))
 
 
 def _cov_or_zeros(x, cov):
