@@ -106,3 +106,14 @@ def test_an_existing_zarr_output_is_replaced_only_when_complete(stores, tmp_path
 def test_info_reads_zarr(stores, capsys):
     assert main(["info", "-i", str(stores / "in.zarr")]) == 0
     assert "no scexplain results" in capsys.readouterr().out
+
+
+def test_a_store_without_raw_or_x_reads(tmp_path, toy_adata):
+    """anndata writes an absent ``raw`` (and ``X``) as a "null"-encoded array, not a group."""
+    adata = toy_adata.copy()
+    adata.X = None
+    assert adata.raw is None
+    adata.write_zarr(tmp_path / "noraw.zarr")
+    back = read_input(tmp_path / "noraw.zarr")
+    assert back.raw is None and back.X is None
+    np.testing.assert_array_equal(back.layers["lognorm"].compute(), toy_adata.layers["lognorm"])

@@ -258,3 +258,27 @@ def test_the_block_function_travels_once_per_worker_and_threads_are_set(cluster)
     copies = [after[w] - before.get(w, 0) for w in after]
     assert sum(copies) <= len(after) and max(copies) == 1  # one copy per worker, not one per block
     assert isinstance(lazy.layers["deep_shap"], da.Array) and lazy.layers["deep_shap"].shape == adata.shape
+
+
+def test_cli_runs_on_the_cluster_named_by_dask_scheduler_address(cluster, tmp_path):
+    from distributed import Client
+
+    from _cli_helpers import export, run_cli
+
+    adata = _toy()
+    adata.write_zarr(tmp_path / "in.zarr")
+    export(_mlp(adata.n_vars, 4).float(), adata.n_vars, tmp_path / "model.pt2")
+    args = ["deep-shap", "-i", tmp_path / "in.zarr", "--model", tmp_path / "model.pt2", "--groupby", "cell_type",
+            "--n-background", "20"]
+    local = run_cli(*args, "-o", tmp_path / "local.zarr", env={"DASK_SCHEDULER_ADDRESS": ""})
+    assert local.returncode == 0, local.stderr
+    with Client(cluster) as client:
+        before = sum(client.run(lambda: _driver._Blocks.unpickled).values())
+        remote = run_cli(*args, "-o", tmp_path / "remote.zarr",
+                         env={"DASK_SCHEDULER_ADDRESS": cluster.scheduler_address})
+        after = sum(client.run(lambda: _driver._Blocks.unpickled).values())
+    assert remote.returncode == 0, remote.stderr
+    assert after > before  # the blocks ran on the cluster's workers
+    a, b = ad.read_zarr(tmp_path / "local.zarr"), ad.read_zarr(tmp_path / "remote.zarr")
+    np.testing.assert_array_equal(a.layers["deep_shap"], b.layers["deep_shap"])
+    np.testing.assert_array_equal(a.varm["deep_shap"], b.varm["deep_shap"])

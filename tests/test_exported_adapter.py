@@ -87,3 +87,21 @@ def test_program_on_the_gpu_equals_the_cpu(toy_adata):
     sx.tl.deep_shap(cpu, program, device="cpu", **kwargs)
     sx.tl.deep_shap(gpu, program, device="cuda", **kwargs)
     np.testing.assert_allclose(gpu.layers["deep_shap"], cpu.layers["deep_shap"], rtol=1e-9, atol=1e-11)
+
+
+def test_the_adapter_pickles_for_dask_workers():
+    """A worker receives the adapter by pickle: the program travels as its archive, in the explained dtype."""
+    import pickle
+
+    from scexplain.models._exported import ExportedAdapter
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
+    ep = torch.export.export(net, (torch.randn(4, 5),), dynamic_shapes=({0: torch.export.Dim("cells")},))
+    adapter = ExportedAdapter(ep, output_names=["a", "b"])
+    x = torch.randn(6, 5, dtype=torch.float64)
+    with adapter.explaining(torch.device("cpu"), torch.float64):
+        copy = pickle.loads(pickle.dumps(adapter))
+        expected = adapter.forward(x)
+    assert copy.output_names == ["a", "b"] and copy.n_inputs == 5
+    torch.testing.assert_close(copy.forward(x), expected, rtol=0, atol=0)

@@ -100,7 +100,8 @@ def _read_zarr_lazy(path):
         raise InputError(f"{str(path)!r} is not a zarr store (no zarr.json or .zgroup in it); pass the folder "
                          "written by AnnData.write_zarr.")
     group = zarr.open_group(str(path), mode="r")
-    keys = set(group.keys())
+    # anndata writes absent elements (X, raw) as arrays encoded "null"
+    keys = {k for k in group.keys() if group[k].attrs.get("encoding-type") != "null"}
     parts = {k: read_elem(group[k]) for k in _EAGER if k in keys}
     if "X" in keys:
         parts["X"] = read_elem_lazy(group["X"])

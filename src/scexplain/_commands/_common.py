@@ -51,15 +51,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_key: str) -> No
 def explain_file(args: argparse.Namespace, load: Callable[[], Any], explain: Callable[[Any, Any], None]) -> int:
     """Check the paths, load the model, read the input, ``explain(adata, model)``, write the output atomically.
 
-    The model is loaded before the data is read: a refused model file costs nothing.
+    The model is loaded before the data is read: a refused model file costs nothing. With dask's
+    ``DASK_SCHEDULER_ADDRESS`` set, a zarr input (read lazily) is explained block by block on that cluster.
     """
     from .._io import check_io_paths, read_input, write_output
+    from ._dask import scheduler_client
 
     check_io_paths(args.input, args.output)
     model = load()
     adata = read_input(args.input)
-    explain(adata, model)
-    write_output(adata, args.output)
+    with scheduler_client():
+        explain(adata, model)
+        write_output(adata, args.output)
     return 0
 
 

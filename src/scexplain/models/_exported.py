@@ -132,3 +132,33 @@ class ExportedAdapter(TorchAdapter):
         _check_eval_mode(program)
         self.program = program
         super().__init__(_module_class()(program.module()), n_inputs=width, output_names=output_names)
+
+    def __getstate__(self):
+        """Picklable for dask workers: the program travels as a ``torch.export.save`` archive (its graph module
+        cannot be pickled), with the dtype the module was explained in."""
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.export.save(self.program, buffer)
+        first = next(iter(self.module.parameters()), None)
+        state = {k: v for k, v in self.__dict__.items() if k not in ("program", "module")}
+        state["_archive"] = buffer.getvalue()
+        state["_dtype"] = None if first is None else first.dtype
+        return state
+
+    def __setstate__(self, state):
+        import io
+
+        import torch
+
+        archive, dtype = state.pop("_archive"), state.pop("_dtype")
+        self.__dict__.update(state)
+        self.program = torch.export.load(io.BytesIO(archive))  # our own archive, written just above
+        self.module = _module_class()(self.program.module())
+        if dtype is not None:
+            self.module.to(dtype=dtype)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.module.eval()
