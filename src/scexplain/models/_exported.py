@@ -135,7 +135,8 @@ class ExportedAdapter(TorchAdapter):
 
     def __getstate__(self):
         """Picklable for dask workers: the program travels as a ``torch.export.save`` archive (its graph module
-        cannot be pickled), with the dtype the module was explained in."""
+        cannot be pickled), with the dtype the module was explained in.
+        """
         import io
 
         import torch
