@@ -134,8 +134,9 @@ class ExportedAdapter(TorchAdapter):
         super().__init__(_module_class()(program.module()), n_inputs=width, output_names=output_names)
 
     def __getstate__(self):
-        """Picklable for dask workers: the program travels as a ``torch.export.save`` archive (its graph module
-        cannot be pickled), with the dtype the module was explained in.
+        """Picklable for dask workers: the program travels as its ``torch.export.save`` archive.
+
+        Its graph module cannot be pickled; the dtype the module was explained in travels with it.
         """
         import io
 
