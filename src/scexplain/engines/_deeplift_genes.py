@@ -269,7 +269,8 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
                 part = None if p.prod_t is None else torch.mm(p.prod_t, row.T)  # genes × (cell, class)
                 if corr is not None:  # the scatter and the presence correction in one pass
                     b = s0 + r
-                    cells.scatter(below[j], corr, part, p.split_row(u[n + b], bg[b], w), row, bg[b], j, n_classes)
+                    split = p.split_row(u[n + b], bg[b], w)
+                    cells.scatter(below[j], corr, part, split, row, bg[b], j, n_classes)
                 elif part is not None:
                     if p.genes is None:
                         below[j].add_(part)
