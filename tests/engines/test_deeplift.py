@@ -788,3 +788,27 @@ def test_shortcut_is_safe_with_detached_values_and_chunk_dependent_layers():
         generic = deeplift_shap(forward, x, bg, _classes(5), pair_budget=14, shortcut=False)
         for a, b in zip(fast, generic, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["scanvi-like", "column-scale-and-shift", "two-nonlinearities"])
+def test_cells_paired_with_themselves(name, monkeypatch):
+    """Background cells among the explained cells (as tl.deep_shap draws them): Δz = 0 in every unit of a pair.
+
+    Such a pair's terms are 0 whatever its multipliers; every path must agree and stay finite.
+    """
+    import scexplain.engines.deeplift as engine
+
+    forward = _chain_models()[name]
+    x, bg = _data(n=5, n_bg=4, low=0.0, high=3.0)
+    bg = torch.cat([x[[3, 0]], bg])  # cells 3 and 0 are background cells too
+    cov = torch.tensor([[0.0], [1.0], [2.0], [1.0], [0.5]], dtype=F64)
+    classes = _classes(5, (0, 3))
+    ref = deeplift_shap(forward, x, bg, classes, cov=cov, shortcut=False, chain=False)
+    for kw in ({}, {"chain": False}):
+        out = deeplift_shap(forward, x, bg, classes, cov=cov, **kw)
+        for a, b in zip(out, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(engine, "_DISTINCT", False)
+    for a, b in zip(deeplift_shap(forward, x, bg, classes, cov=cov), ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert _rel_additivity(*ref) < 1e-10

@@ -324,15 +324,11 @@ class DistinctMultipliers:
 
     def _secant(self, step: DistinctStep, b0: int, b1: int) -> Tensor:
         """Rescale multipliers of background cells ``b0:b1`` with every cell: ``(b1 − b0) × n × width``."""
-        n, width = self.n_cells, step.z.shape[1]
-        fn = step.fn
-
-        def rows(t: Tensor) -> Tensor:  # the op sees a matrix with one row per pair, as in the model
-            return fn(t.reshape(-1, width)).reshape(t.shape)
-
-        return secant_of(rows, step.z[:n].unsqueeze(0), step.z[n + b0 : n + b1].unsqueeze(1),
+        n = self.n_cells
+        # the op sees a matrix with one row per pair (those that need its derivative), as in the model
+        return secant_of(step.fn, step.z[:n].unsqueeze(0), step.z[n + b0 : n + b1].unsqueeze(1),
                          step.y[:n].unsqueeze(0), step.y[n + b0 : n + b1].unsqueeze(1),
-                         piecewise_linear=step.piecewise_linear)
+                         piecewise_linear=step.piecewise_linear, rows=2)
 
 
 def _step_back(t: Tensor, step: DistinctStep) -> Tensor:

@@ -59,8 +59,6 @@ _TERMS_ELEMENTS = 2**24
 _CACHE_ELEMENTS = 2**26
 #: a background row with more than this fraction of non-zero genes is multiplied as a dense row
 _DENSE_ROW = 0.5
-#: cells whose expressed genes are multiplied in one batched GEMM for the per-background sums
-_CELL_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -253,7 +251,7 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
     below = [x.new_zeros(w.shape[1], nc) for _, w in weights]  # genes × (cell, class): Σ_b (m_ib W) ⊙ u_b
     corr = x.new_zeros(x.shape[1], nc) if request.split else None
     cells = _CellsByGene(x, [u[:n] for u, _ in weights]) if request.split else None
-    m_own = x.new_empty(n, n_bg, k_width) if request.sums else None
+    m_own = x.new_empty(n, k_width, n_bg) if request.sums else None  # cell × K × background
     total = None
     step = max(1, _BLOCK_ELEMENTS // (nc * k_width))
     for s0 in range(0, n_bg, step):
@@ -261,7 +259,7 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
         block = m.block(s0, s1)
         total = block.sum(0) if total is None else total.add_(block.sum(0))
         if m_own is not None:
-            m_own[:, s0:s1] = _own_columns(block, request.own).transpose(0, 1)
+            m_own[:, :, s0:s1] = _own_columns(block, request.own).permute(1, 2, 0)
         rows = block.view(s1 - s0, nc, k_width)
         for j, (u, w) in enumerate(weights):
             for r in range(s1 - s0):
@@ -269,7 +267,8 @@ def shortcut_sums(m, n_classes: int, weights: list[tuple[Tensor, Tensor]], x: Te
                 part = None if p.prod_t is None else torch.mm(p.prod_t, row.T)  # genes × (cell, class)
                 if corr is not None:  # the scatter and the presence correction in one pass
                     b = s0 + r
-                    cells.scatter(below[j], corr, part, p.split_row(u[n + b], bg[b], w), row, bg[b], j, n_classes)
+                    split = p.split_row(u[n + b], bg[b], w)
+                    cells.scatter(below[j], corr, part, split, row, bg[b], j, n_classes)
                 elif part is not None:
                     if p.genes is None:
                         below[j].add_(part)
@@ -339,56 +338,43 @@ def _np(t: Tensor):
 def _background_sums(m_own: Tensor, weights: list[tuple[Tensor, Tensor]], request: SumsRequest, n: int) -> Tensor:
     """``n_groups × B × G``: ``Σ_{i ∈ k} u_i ⊙ (m_ib W) − u_b ⊙ ((Σ_{i ∈ k} m_ib) W)`` for each cell's own output.
 
-    ``m_own``: ``n × B × K``, each cell's multipliers toward its own output with every background cell. The first
-    term is a GEMM per cell over the genes it expresses (:data:`_CELL_BLOCK` cells at a time, padded alike).
+    ``m_own``: ``n × K × B``, each cell's multipliers toward its own output with every background cell. The first
+    term is one GEMM per cell over the genes it expresses, ``(u_i ⊙ w)[:, E_i]ᵀ @ m_own[i]``.
     """
-    from ._deeplift_kernels import add_cell_rows, scaled_cell_rows
+    from ._deeplift_kernels import add_rows, scaled_rows
 
-    n_bg, k_width = m_own.shape[1], m_own.shape[2]
+    k_width, n_bg = m_own.shape[1], m_own.shape[2]
     n_genes = weights[0][1].shape[1]
     groups = request.groups
     first_t = m_own.new_zeros(request.n_groups, n_genes, n_bg)  # group × genes × background: the first term
-    m_t = m_own.transpose(1, 2)  # n × K × B
+    targets = [_np(t) for t in first_t]
+    cells = torch.nonzero(groups >= 0).squeeze(1)
+    cells = cells[torch.argsort(groups[cells], stable=True)].tolist()  # by group: its sums stay in cache
+    group_of = groups.tolist()
     for u, w in weights:
         w_t = _np(w.detach().T.contiguous())  # G × K
         nonzero = u[:n].nonzero()
         values = _np(u[:n][nonzero[:, 0], nonzero[:, 1]].contiguous())
         genes = _np(nonzero[:, 1].contiguous())
-        counts = torch.bincount(nonzero[:, 0], minlength=n)
-        ptr = torch.zeros(n + 1, dtype=torch.long)
-        ptr[1:] = torch.cumsum(counts, 0)
-        # cells in a group, by group and then by number of expressed genes (blocks of cells padded alike)
-        order = torch.nonzero((groups >= 0) & (counts > 0)).squeeze(1)
-        order = order[torch.argsort(counts[order], stable=True)]
-        order = order[torch.argsort(groups[order], stable=True)]
-        for k, cells in zip(*_runs(groups[order].tolist(), order), strict=True):
-            target = _np(first_t[k])
-            for c0 in range(0, cells.shape[0], _CELL_BLOCK):
-                block = cells[c0 : c0 + _CELL_BLOCK]
-                lo, hi = _np(ptr[block]), _np(ptr[block + 1])
-                scaled = m_own.new_empty(block.shape[0], int((hi - lo).max()), k_width)  # (u_i ⊙ w)[:, E_i]ᵀ
-                scaled_cell_rows(_np(scaled), w_t, genes, values, lo, hi)
-                terms = torch.bmm(scaled, m_t.index_select(0, block))  # cells × genes × B
-                add_cell_rows(target, genes, lo, hi, _np(terms))
+        ptr = [0, *torch.cumsum(torch.bincount(nonzero[:, 0], minlength=n), 0).tolist()]
+        longest = max(ptr[i + 1] - ptr[i] for i in range(n))
+        scaled = m_own.new_empty(longest, k_width)  # (u_i ⊙ w)[:, E_i]ᵀ of one cell
+        terms = m_own.new_empty(longest, n_bg)
+        scaled_np, terms_np = _np(scaled), _np(terms)
+        for i in cells:
+            lo, hi = ptr[i], ptr[i + 1]
+            if hi > lo:
+                scaled_rows(scaled_np, w_t, genes[lo:hi], values[lo:hi])
+                torch.mm(scaled[: hi - lo], m_own[i], out=terms[: hi - lo])
+                add_rows(targets[group_of[i]], genes[lo:hi], terms_np)
     sums = first_t.transpose(1, 2).contiguous()
     present = torch.unique(groups[groups >= 0])
     onehot = request.onehot(m_own.dtype)[:, present]  # n × present groups
-    m_sum = (onehot.T @ m_own.view(n, -1)).view(-1, k_width)  # (group, b) × K
-    for u, w in weights:
+    m_sum = (onehot.T @ m_own.view(n, -1)).view(-1, k_width, n_bg).transpose(1, 2).reshape(-1, k_width)
+    for u, w in weights:  # the second term, for the groups with cells: (group, b) × G
         second = (m_sum @ w).view(present.shape[0], n_bg, n_genes).mul_(u[n:].unsqueeze(0))
-        sums[present] -= second
+        sums.index_add_(0, present, second, alpha=-1)
     return sums
-
-
-def _runs(keys: list[int], items: Tensor) -> tuple[list[int], list[Tensor]]:
-    """The runs of equal consecutive ``keys`` and the matching slices of ``items``."""
-    out_keys, out_items, start = [], [], 0
-    for end in range(1, len(keys) + 1):
-        if end == len(keys) or keys[end] != keys[start]:
-            out_keys.append(keys[start])
-            out_items.append(items[start:end])
-            start = end
-    return out_keys, out_items
 
 
 def _dense_shortcut_sums(m, n_classes: int, weights, x: Tensor, bg: Tensor, request: SumsRequest) -> ChunkSums:

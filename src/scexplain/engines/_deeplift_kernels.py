@@ -10,40 +10,28 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["add_cell_rows", "scaled_cell_rows", "scatter_presence"]
+__all__ = ["add_rows", "scaled_rows", "scatter_presence"]
 
 
 @nb.njit(cache=True, nogil=True)
-def scaled_cell_rows(out: np.ndarray, w_t: np.ndarray, genes: np.ndarray, values: np.ndarray, lo: np.ndarray,
-                     hi: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``out[c, r] = w_t[genes[lo[c] + r]] · values[lo[c] + r]`` for ``r < hi[c] − lo[c]``, zero rows after.
-
-    ``out``: cells × rows × K, the cells' ``(u_i ⊙ w)[:, E_i]ᵀ`` padded to a common number of rows.
-    """
-    width = w_t.shape[1]
-    for c in range(out.shape[0]):
-        size = hi[c] - lo[c]
-        for r in range(out.shape[1]):
-            if r < size:
-                g = genes[lo[c] + r]
-                s = values[lo[c] + r]
-                for k in range(width):
-                    out[c, r, k] = w_t[g, k] * s
-            else:
-                for k in range(width):
-                    out[c, r, k] = 0
+def scaled_rows(out: np.ndarray, src: np.ndarray, rows: np.ndarray, scale: np.ndarray) -> None:  # pragma: no cover
+    """``out[r] = src[rows[r]] · scale[r]`` for ``r < len(rows)`` (a gather and a scaling in one pass)."""
+    width = src.shape[1]
+    for r in range(rows.shape[0]):
+        g = rows[r]
+        s = scale[r]
+        for k in range(width):
+            out[r, k] = src[g, k] * s
 
 
 @nb.njit(cache=True, nogil=True)
-def add_cell_rows(target: np.ndarray, genes: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                  terms: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``target[genes[lo[c] + r]] += terms[c, r]`` for each cell ``c`` and ``r < hi[c] − lo[c]``, in order."""
-    width = terms.shape[2]
-    for c in range(terms.shape[0]):
-        for r in range(hi[c] - lo[c]):
-            g = genes[lo[c] + r]
-            for k in range(width):
-                target[g, k] += terms[c, r, k]
+def add_rows(out: np.ndarray, rows: np.ndarray, src: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[rows[r]] += src[r]`` for ``r < len(rows)``, in order (``src`` may have more rows)."""
+    width = src.shape[1]
+    for r in range(rows.shape[0]):
+        g = rows[r]
+        for k in range(width):
+            out[g, k] += src[r, k]
 
 
 @nb.njit(cache=True, nogil=True)

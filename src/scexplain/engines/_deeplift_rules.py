@@ -206,17 +206,20 @@ def secant(fn: Callable[[Tensor], Tensor], z: Paired, n_pairs: int, value: Tenso
 
 
 def secant_of(fn: Callable[[Tensor], Tensor], z1: Tensor, z2: Tensor, y1: Tensor, y2: Tensor, *,
-              piecewise_linear: bool = False) -> Tensor:
+              piecewise_linear: bool = False, rows: int = 1) -> Tensor:
     """The rescale multiplier ``(y1 − y2) / (z1 − z2)`` of ``y = fn(z)`` (see :func:`secant`; operands broadcast).
 
     Where ``|z1 − z2|`` is tiny relative to ``|z1 + z2|`` (exactly 0 for a ``piecewise_linear`` ``fn``), the
-    derivative of ``fn`` at the midpoint; ``fn`` is called on the midpoints, of the broadcast shape.
+    derivative of ``fn`` at the midpoint. The first ``rows`` dims of the broadcast shape index rows (pairs):
+    ``fn`` is called on the midpoints of the rows that need it, stacked (rows × the other dims).
     """
     dz = z1 - z2
     close = dz == 0 if piecewise_linear else dz.abs() <= (z1 + z2).abs().mul_(0.5 * tiny(dz.dtype))
     m = (y1 - y2).div_(dz)
-    if bool(close.any()):
-        m = torch.where(close, _finite(_derivative(fn, (z1 + z2) * 0.5)).to(m.dtype), m)
+    if bool(close.any()):  # e.g. a cell paired with itself: only its rows get the derivative
+        hit = close.flatten(rows).any(-1).nonzero(as_tuple=True)
+        mid = (z1.expand(close.shape)[hit] + z2.expand(close.shape)[hit]) * 0.5
+        m[hit] = torch.where(close[hit], _finite(_derivative(fn, mid)).to(m.dtype), m[hit])
     return m
 
 

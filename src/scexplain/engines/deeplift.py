@@ -26,6 +26,20 @@ compose to ``Δh / Δx``), so that no ``n × B × C × G`` tensor is formed. The
 background cell over the genes where ``u_b`` is not zero (the products ``u_b[g] W[k, g]`` are kept in a
 :class:`BackgroundCache`). Any other model uses the generic path (and so does one that reads a stand-in in a way
 the shortcut does not follow: NaN in its output shows it); all paths give the same numbers up to rounding.
+
+Distinct rows all the way: DeepLIFT's forward values are the plain forward pass of the cell and of the background
+cell, so when nothing per pair enters after the first layer (no covariates held at the cell's values there, no
+products of two branches, ...) the whole chain of layers runs on the ``n + B`` distinct rows
+(:class:`~._deeplift_chain.DistinctMultipliers`): the multipliers of a few background cells at a time are made
+from the two rows of each pair, ``(h(z_i) − h(z_b)) / (z_i − z_b)`` per nonlinearity, and go straight into the
+gene-level GEMMs. No tensor over all pairs exists at any layer; a model that needs the pairs (the tracker raises
+``_NotDistinct``) is explained on the pair batch as above, and :class:`BackgroundCache` remembers which.
+
+Besides the attributions, the gene-level sums (:mod:`._deeplift_genes`, which documents their algebra) can give
+the presence part of each attribution (pairs with ``x_g > b_g``; ``split=True``) and per-(group, background cell)
+sums of each cell's own attributions (``groups=``), for a bootstrap over background cells without reruns; both
+keep the factored form (corrections over the genes a background cell expresses, one GEMM per cell over the genes
+it expresses). :func:`deeplift_shap` returns a :class:`DeepShapOutput`.
 """
 
 from __future__ import annotations
@@ -264,7 +278,6 @@ def _request(x: Tensor, classes: Tensor, split, groups, n_groups, own) -> SumsRe
     if n and (int(own.max()) >= classes.shape[1] or int(own.min()) < 0):
         raise ValueError(f"`own` must hold column indices of `classes`, in [0, {classes.shape[1]}).")
     return SumsRequest(split, own, groups, n_groups)
-
 
 
 def _check(x, background, classes, cov) -> None:
@@ -588,11 +601,11 @@ class _Shortcut:
         if multipliers is None:
             return None
         with torch.no_grad():
-            sums = None
-            for t, (tap, m) in enumerate(zip(tracker.taps, multipliers, strict=True)):
-                part = self._sums(chunk, m, tap.weights, t)
-                sums = part if sums is None else (sums.add(part) or sums)
-        return sums, f_x, f_bg, list(mode.unruled)
+            parts = [self._sums(chunk, m, tap.weights, t)
+                     for t, (tap, m) in enumerate(zip(tracker.taps, multipliers, strict=True))]
+        for part in parts[1:]:
+            parts[0].add(part)
+        return parts[0], f_x, f_bg, list(mode.unruled)
 
     def run_distinct(self, forward, chunk: _Chunk):
         """Explain one chunk on the distinct rows, or ``None`` if pairs mix after the first layer."""
