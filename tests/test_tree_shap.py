@@ -69,7 +69,9 @@ def test_use_rep_storage_contract(explained, forest):
     for k, v in {"method": "tree_shap", "groupby": "bulk_labels", "use_rep": "X_pca", "target": "label",
                  "feature_perturbation": "tree_path_dependent", "device": "cpu"}.items():
         assert params[k] == v
-    assert params["model_class"].endswith("RandomForestClassifier") and params["n_background"] is None
+    assert params["model_class"].endswith("RandomForestClassifier")
+    # path-dependent: the background is only the presence split's reference
+    assert params["n_background"] == 100 and params["presence"] == "x_j > mean(background)"
     assert "tree_shap" not in adata.layers and "tree_shap" not in adata.varm
 
 
