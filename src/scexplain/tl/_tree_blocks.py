@@ -210,7 +210,10 @@ class TreeBlocks:
         n, G = xg.shape
         D = own.shape[1]
         B = g.background.shape[0]
-        per_cell = G * max(B, D * (D if hasattr(g.gmap, "adapter") else 1), D)
+        if hasattr(g.gmap, "adapter"):  # one background cell at a time: contributions and pooled sums
+            per_cell = 4 * G * D + 3 * B * D
+        else:  # all background cells at once: differences, gene terms, pooled sums
+            per_cell = 3 * G * B + 2 * G * D
         step = max(1, GENE_BATCH_ELEMENTS // per_cell)
         genes, presence = np.zeros((n, G)), np.zeros((n, G))
         S = None

@@ -186,7 +186,7 @@ GeneMap = LinearMap | EncoderMap
 def _pooled_weights(signed: np.ndarray, absolute: np.ndarray, abs_delta_sum: np.ndarray,
                     abs_scale_sum: np.ndarray) -> np.ndarray:
     """Cells × dims × genes weights summing to one over genes (see the module docstring)."""
-    ok = abs_delta_sum > RTOL * abs_scale_sum
+    ok = (abs_delta_sum > RTOL * abs_scale_sum) & (abs_scale_sum > 0)  # (Δ of equal rows may round to ±1e-16)
     w = signed / np.where(ok, abs_delta_sum, 1.0)[:, :, None]
     if not ok.all():
         total = absolute.sum(-1, keepdims=True)
@@ -233,7 +233,7 @@ def compose_interventional(gmap: GeneMap, xc: np.ndarray, cov, xb: np.ndarray, p
         abs_delta += np.abs(delta).sum(1)
         abs_scale += scale.sum(1)
         p = phi[:, b0:b1]
-        ok = np.abs(delta) > RTOL * scale
+        ok = (np.abs(delta) > RTOL * scale) & (scale > 0)
         rest[:, b0:b1] = np.where(ok, 0.0, p)
         m = np.where(ok, p / np.where(ok, delta, 1.0), 0.0)
         if m.any():
