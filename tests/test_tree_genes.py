@@ -165,6 +165,29 @@ def test_to_genes_storage_and_round_trip(explained, tmp_path):
     assert_adata_equal(ad.read_zarr(tmp_path / "out.zarr"), adata)
 
 
+def test_to_genes_bootstrap_on_genes_and_dims_independent_of_blocks(pbmc, forest):
+    runs = []
+    for batch_size in (None, 123):
+        adata = pbmc.copy()
+        sx.tl.tree_shap_gpu(adata, forest, use_rep="X_pca", to_genes=True, groupby="bulk_labels",
+                            feature_perturbation="interventional", n_background=30, n_bootstrap=10,
+                            batch_size=batch_size, progress=False)
+        runs.append(adata)
+    adata = runs[0]
+    n_groups = len(adata.uns["tree_shap"]["groups"])
+    for t in ("ci_low", "ci_high", "rank_stability"):
+        assert adata.varm[f"tree_shap_{t}"].shape == (adata.n_vars, n_groups)  # genes
+        assert adata.uns["tree_shap"]["group_tables"][t].shape == (N_PCS, n_groups)  # dims
+        np.testing.assert_allclose(runs[1].varm[f"tree_shap_{t}"], adata.varm[f"tree_shap_{t}"], rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(runs[1].uns["tree_shap"]["group_tables"][t],
+                                   adata.uns["tree_shap"]["group_tables"][t], rtol=1e-9, atol=1e-12)
+    low, high, mean = (adata.varm[k] for k in ("tree_shap_ci_low", "tree_shap_ci_high", "tree_shap"))
+    assert (low <= high).all() and ((low <= mean + 1e-9) & (mean <= high + 1e-9)).mean() > 0.95
+    res = get_result(adata, "tree_shap")
+    assert res.group_table(values="ci_low").shape == (adata.n_vars, n_groups)
+
+
 def test_pca_layer_from_the_pca_params_and_a_subset_of_pcs(pbmc):
     adata = pbmc.copy()
     adata.layers["scaled"] = adata.X.copy()
