@@ -221,10 +221,25 @@ def test_pairs_split_and_group_sums_equal_brute_force_per_pair(pair_case, engine
         values, presence = eng.split_values(paths, X, own[:, None], background=bg, **kw)
         np.testing.assert_allclose(values[:, 0], pairs.mean(1), atol=1e-12, rtol=0)
         np.testing.assert_allclose(presence[:, 0], (pairs * larger).mean(1), atol=1e-12, rtol=0)
-        groups = np.array([2, 0, 2, 2, 0, 1, 0, 2])
-        expected = np.stack([pairs[groups == k].sum(0) for k in range(4)])  # group 3 has no rows: zeros
-        np.testing.assert_allclose(eng.group_sums(paths, X, own, groups, 4, background=bg, **kw), expected,
-                                   atol=1e-12, rtol=0)
+    groups = np.array([2, 0, 2, 2, 0, 1, 0, 2])
+    expected = np.stack([pairs[groups == k].sum(0) for k in range(4)])  # group 3 has no rows: zeros
+    np.testing.assert_allclose(eng.group_sums(paths, X, own, groups, 4, background=bg), expected, atol=1e-12,
+                               rtol=0)
+
+
+def test_group_sums_of_deep_paths_and_many_groups():
+    """Paths too deep for a dense (group, pattern) histogram (n_groups · 2^d > HIST_MAX): the sorted-keys branch."""
+    *_, paths = _ensemble(seed=7, n_trees=2, depth=12)
+    assert paths.max_unique_features >= 5
+    X, bg = _rows(8, 60), _rows(9, 9)
+    own = np.arange(60) % K
+    n_groups = treeshap_cpu.HIST_MAX  # one more than fits with d ≥ 1
+    groups = (np.arange(60) * 7919) % n_groups
+    pairs = treeshap_cpu.pair_values(paths, X, own, background=bg)
+    S = treeshap_cpu.group_sums(paths, X, own, groups, n_groups, background=bg)
+    used = np.unique(groups)
+    np.testing.assert_allclose(S[used], np.stack([pairs[groups == k].sum(0) for k in used]), atol=1e-12)
+    assert np.abs(np.delete(S, used, axis=0)).max() == 0
 
 
 def test_split_with_missing_values_sums_to_the_values_and_engines_agree(case):
@@ -335,6 +350,15 @@ def test_cupy_engine_equals_cpu_engine(case):
         np.testing.assert_allclose(treeshap_gpu.interaction_values(paths, X, outputs, xp=cupy),
                                    treeshap_cpu.interaction_values(paths, X, outputs), atol=1e-12)
     np.testing.assert_allclose(treeshap_gpu.predict(paths, X, xp=cupy), treeshap_cpu.predict(paths, X), atol=1e-12)
+    own = np.array([1, 0, 0, 1, 1, 0])
+    for ours, theirs in zip(treeshap_gpu.split_values(paths, X, ALL, background=bg, xp=cupy),
+                            treeshap_cpu.split_values(paths, X, ALL, background=bg), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-12)
+    np.testing.assert_allclose(treeshap_gpu.pair_values(paths, X, own, background=bg, xp=cupy),
+                               treeshap_cpu.pair_values(paths, X, own, background=bg), atol=1e-12)
+    groups = np.array([0, 2, 2, 1, 0, 2])
+    np.testing.assert_allclose(treeshap_gpu.group_sums(paths, X, own, groups, 3, background=bg, xp=cupy),
+                               treeshap_cpu.group_sums(paths, X, own, groups, 3, background=bg), atol=1e-12)
 
 
 @pytest.mark.gpu

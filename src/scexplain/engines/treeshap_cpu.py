@@ -18,6 +18,7 @@ must be finite or NaN.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -574,14 +575,13 @@ def _sort_pairs(tp, tq, idx):
 
 
 @nb.njit(parallel=True, cache=True)
-def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, weighted, val, wsel, split, rows, pat, abv, cnt, n_unique, order,
-               start):
+def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, split, rows, pat, abv, cnt, n_unique, order, start):
     """Distinct background patterns per path (sorted), at offset ``p * n_bg``.
 
     ``pat``: bit j set iff the row satisfies feature j's interval; with ``split`` also ``abv``: bit j set iff the
-    row lies above it (NaN never does), and patterns are distinct pairs ``(pat, abv)``. ``cnt``: the pattern's
-    weight, the count or (``weighted``) Σ ``val[p, wsel[b]]`` over its rows ``b`` (entries of zero weight are
-    dropped). With ``rows`` (unit weights), ``order`` lists the rows sorted by pattern and ``start`` where each pattern's rows begin.
+    row lies above it (NaN never does), and patterns are distinct pairs ``(pat, abv)``. ``cnt``: how many rows
+    have the pattern. With ``rows``, ``order`` lists the rows sorted by pattern and ``start`` where each pattern's
+    rows begin.
     """
     n_bg = B.shape[0]
     for p in nb.prange(ptr.shape[0] - 1):
@@ -602,7 +602,7 @@ def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, weighted, val, wsel, split, rows, p
             tq[b] = qq
         base = p * n_bg
         u = -1
-        if rows or weighted or (split and 2 * d > 62):
+        if rows or (split and 2 * d > 62):
             idx = np.empty(n_bg, np.int64)
             if split:
                 _sort_pairs(tp, tq, idx)
@@ -614,16 +614,15 @@ def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, weighted, val, wsel, split, rows, p
                 b = idx[q]
                 if rows:
                     order[base + q] = b
-                wgt = val[p, wsel[b]] if weighted else 1.0
                 if u < 0 or tp[b] != pat[base + u] or tq[b] != abv[base + u]:
                     u += 1
                     pat[base + u] = tp[b]
                     abv[base + u] = tq[b]
-                    cnt[base + u] = wgt
+                    cnt[base + u] = 1.0
                     start[base + u] = q
                 else:
-                    cnt[base + u] += wgt
-        else:  # unit weights, no order: sort the packed keys
+                    cnt[base + u] += 1.0
+        else:  # no order wanted: sort the packed keys
             for b in range(n_bg):
                 tp[b] |= tq[b] << d
             tp.sort()
@@ -636,15 +635,146 @@ def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, weighted, val, wsel, split, rows, p
                     cnt[base + u] = 1.0
                 else:
                     cnt[base + u] += 1.0
-        kept = 0
-        for q in range(u + 1):
-            if cnt[base + q] != 0.0:
-                pat[base + kept] = pat[base + q]
-                abv[base + kept] = abv[base + q]
-                cnt[base + kept] = cnt[base + q]
-                start[base + kept] = start[base + q]
-                kept += 1
-        n_unique[p] = kept
+        n_unique[p] = u + 1
+
+
+#: largest dense (group, pattern) histogram of a path in :func:`_group_kernel` (else keys are sorted)
+HIST_MAX = 1 << 16
+
+
+@nb.njit(parallel=True, cache=True)
+def _group_kernel(XT, ptr, feat, lo, hi, nan_ok, val, own, groups, n_groups, p_lo, p_hi, bg_stride, bg_n, bg_pat,
+                  wtab, g_ptr, n_threads, G):
+    """Per path of ``p_lo:p_hi``, the sums over each group's rows of their pairs' terms, per background pattern.
+
+    Stored at ``G[g_ptr[p − p_lo] + (k · U_p + u) · d + j]`` (group ``k``, distinct background pattern ``u``).
+
+    The rows are first reduced to their distinct (group, pattern) with summed leaf values (a dense histogram when
+    ``n_groups · 2^d ≤ HIST_MAX``, else sorted keys), so the pairs' weights are computed once per distinct
+    (group, row pattern, background pattern).
+    """
+    n = XT.shape[1]
+    for t in nb.prange(n_threads):
+        pats = np.empty(n, np.int64)
+        hist = np.zeros(HIST_MAX)
+        seen = np.zeros(HIST_MAX, np.bool_)
+        touched = np.empty(n, np.int64)
+        keys = np.empty(n, np.int64)
+        wts = np.empty(n)
+        merged = np.empty(n)
+        for p in range(p_lo + t, p_hi, n_threads):
+            s = ptr[p]
+            d = ptr[p + 1] - s
+            nu = bg_n[p]
+            if d == 0 or nu == 0:
+                continue
+            for i in range(n):
+                pats[i] = np.int64(groups[i]) << d
+            for j in range(d):  # feature by feature over contiguous rows of XT
+                xf = XT[feat[s + j]]
+                lj, hj, nj = lo[s + j], hi[s + j], nan_ok[s + j]
+                for i in range(n):
+                    x = xf[i]
+                    pats[i] |= np.int64(((x > lj) & (x <= hj)) | (nj & (x != x))) << j
+            cnt = 0
+            for i in range(n):
+                v = val[p, own[i]]
+                if v != 0.0:
+                    keys[cnt] = pats[i]
+                    wts[cnt] = v
+                    cnt += 1
+            if cnt == 0:
+                continue
+            n_keys = 0
+            if (np.int64(n_groups) << d) <= HIST_MAX:  # dense histogram, reset where touched
+                for q in range(cnt):
+                    key = keys[q]
+                    if not seen[key]:
+                        seen[key] = True
+                        touched[n_keys] = key
+                        n_keys += 1
+                    hist[key] += wts[q]
+                for q in range(n_keys):
+                    key = touched[q]
+                    keys[q] = key
+                    wts[q] = hist[key]
+                    hist[key] = 0.0
+                    seen[key] = False
+            else:  # sorted keys, runs summed
+                order = np.argsort(keys[:cnt])
+                for q in range(cnt):
+                    key = keys[order[q]]
+                    if n_keys > 0 and touched[n_keys - 1] == key:
+                        merged[n_keys - 1] += wts[order[q]]
+                    else:
+                        touched[n_keys] = key
+                        merged[n_keys] = wts[order[q]]
+                        n_keys += 1
+                for q in range(n_keys):
+                    keys[q] = touched[q]
+                    wts[q] = merged[q]
+            full = (np.int64(1) << d) - 1
+            base = g_ptr[p - p_lo]
+            b0 = p * bg_stride
+            for q in range(n_keys):
+                c = wts[q]
+                if c == 0.0:
+                    continue
+                m = keys[q] & full
+                k = keys[q] >> d
+                nb_x = d - _popcount(m)
+                for u in range(nu):
+                    pu = bg_pat[b0 + u]
+                    if (m | pu) != full:
+                        continue
+                    a = m & ~pu
+                    sa = _popcount(a)
+                    nn = sa + nb_x
+                    if nn == 0:
+                        continue
+                    wa = wtab[sa - 1, nn] * c if sa > 0 else 0.0
+                    wb = wtab[sa, nn] * c
+                    off = base + (k * nu + u) * d
+                    for j in range(d):
+                        if (a >> j) & 1:
+                            G[off + j] += wa
+                        elif not ((m >> j) & 1):
+                            G[off + j] -= wb
+
+
+@nb.njit(parallel=True, cache=True)
+def _group_scatter_kernel(ptr, feat, p_lo, p_hi, bg_stride, bg_n, pattern_of, g_ptr, G, S):
+    """``S[k, b, f] += G[…, (k, u, j)]`` for every background row ``b`` (its pattern ``u`` on each path).
+
+    Parallel over groups, paths outermost: a path's sums and a group's ``B × F`` slice of ``S`` stay in cache.
+    """
+    n_groups, n_bg = S.shape[0], S.shape[1]
+    for k in nb.prange(n_groups):
+        Sk = S[k]
+        for p in range(p_lo, p_hi):
+            nu = bg_n[p]
+            s = ptr[p]
+            d = ptr[p + 1] - s
+            if nu == 0 or d == 0:
+                continue
+            base = g_ptr[p - p_lo] + k * nu * d
+            pb = p * bg_stride
+            for b in range(n_bg):
+                off = base + pattern_of[pb + b] * d
+                for j in range(d):
+                    Sk[b, feat[s + j]] += G[off + j]
+
+
+@nb.njit(cache=True)
+def _patterns_of_rows(bg_n, order, start, n_bg, out):
+    """``out[p * n_bg + b]`` = index of background row ``b``'s distinct pattern on path ``p``."""
+    for p in range(bg_n.shape[0]):
+        nu = bg_n[p]
+        base = p * n_bg
+        for u in range(nu):
+            q1 = start[base + u + 1] if u + 1 < nu else n_bg
+            for q in range(start[base + u], q1):
+                out[base + order[base + q]] = u
 
 
 @nb.njit(parallel=True, cache=True)
@@ -777,13 +907,9 @@ class _Background:
         return self.mode, self.stride, self.n_unique, self.pat, self.abv, self.cnt, self.inv_n
 
 
-def _background_patterns(paths, background: np.ndarray | None, *, split: bool = False, rows: bool = False,
-                         value=None, value_of_row=None) -> _Background:
-    """The kernels' background (``None``: path-dependent).
-
-    ``value``/``value_of_row`` weight each row's pattern by ``value[p, value_of_row[b]]`` on path ``p`` (unit
-    weights by default), summed without the 1/B; ``rows``: also the rows of each pattern (:func:`pair_values`).
-    """
+def _background_patterns(paths, background: np.ndarray | None, *, split: bool = False,
+                         rows: bool = False) -> _Background:
+    """The kernels' background (``None``: path-dependent); ``rows``: also the rows of each pattern."""
     if background is None:
         none = np.zeros(1, np.int64)
         return _Background(0, 0, np.zeros(paths.n_paths, np.int64), none, none, np.zeros(1), 1.0, none, none)
@@ -795,13 +921,9 @@ def _background_patterns(paths, background: np.ndarray | None, *, split: bool = 
     pat, abv, order, start = (np.zeros(size, np.int64) for _ in range(4))
     cnt = np.zeros(size)
     n_unique = np.zeros(paths.n_paths, np.int64)
-    weighted = value is not None
-    if not weighted:  # (a 1 × 1 table: unit weights)
-        value, value_of_row = np.ones((1, 1)), np.zeros(n_bg, np.int64)
-    _bg_kernel(B, paths.path_ptr, paths.feature, paths.lower, paths.upper, paths.nan_ok, weighted,
-               np.ascontiguousarray(value, dtype=np.float64), np.ascontiguousarray(value_of_row, dtype=np.int64),
-               split, rows, pat, abv, cnt, n_unique, order, start)
-    return _Background(1, n_bg, n_unique, pat, abv, cnt, 1.0 if weighted else 1.0 / n_bg, order, start)
+    _bg_kernel(B, paths.path_ptr, paths.feature, paths.lower, paths.upper, paths.nan_ok, split, rows, pat, abv, cnt,
+               n_unique, order, start)
+    return _Background(1, n_bg, n_unique, pat, abv, cnt, 1.0 / n_bg, order, start)
 
 
 def _tree_chunks(tree_paths_ptr: np.ndarray, sizes: np.ndarray, n_chunks_min: int) -> list[tuple[int, int]]:
@@ -845,16 +967,15 @@ def _walk(paths) -> tuple:
     )  # fmt: skip
 
 
-def _explain(paths, X, outputs, bg: _Background, *, table, progress, split: bool, leaf_value=None,
-             tree_out=None) -> tuple[np.ndarray, np.ndarray | None]:
+def _explain(paths, X, outputs, bg: _Background, *, table, progress,
+             split: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """SHAP values ``n × C × F`` (and their presence part with ``split``) of prepared rows against ``bg``."""
     n, n_sel = outputs.shape
     result = np.zeros((n, n_sel, paths.n_features))
     presence = np.zeros_like(result) if split else None
     if n == 0 or paths.n_paths == 0:
         return result, presence
-    leaf_value = paths.leaf_value if leaf_value is None else leaf_value
-    tree_out = _tree_outputs(paths) if tree_out is None else tree_out
+    tree_out = _tree_outputs(paths)
     # rows sorted by their explained output: trees of other classes (boosting) are skipped per tile
     order = np.lexsort(outputs.T[::-1])
     XT = np.ascontiguousarray(X[order].T)
@@ -887,7 +1008,7 @@ def _explain(paths, X, outputs, bg: _Background, *, table, progress, split: bool
         elif chunk_sizes.any():
             _iv_table_kernel(paths.path_ptr, p_lo, p_hi, tab_ptr, tab, split, *bg_args[1:], _W)
         _attr_kernel(
-            XT, *walk, tree_out, paths.path_ptr, paths.feature, paths.zero_fraction, leaf_value, osel,
+            XT, *walk, tree_out, paths.path_ptr, paths.feature, paths.zero_fraction, paths.leaf_value, osel,
             t_lo, t_hi, tab_ptr, tab, *bg_args, _W, _GL_X, _GL_W, tile, dmax, split, out, pout,
         )  # fmt: skip
     result[order] = out.transpose(2, 0, 1)
@@ -990,14 +1111,17 @@ def pair_values(paths, X: np.ndarray, outputs: np.ndarray, *, background: np.nda
     return out
 
 
+#: float64 elements of the per-path group sums kept at once by :func:`group_sums` (paths are processed in chunks)
+GROUP_BUDGET = 1 << 23
+
+
 def group_sums(paths, X: np.ndarray, outputs: np.ndarray, groups: np.ndarray, n_groups: int, *,
-               background: np.ndarray, table: bool | None = None) -> np.ndarray:
+               background: np.ndarray) -> np.ndarray:
     """Per-(group, background row) sums of the pairs' interventional SHAP values, ``S[k, b] = Σ_{i∈k} φ_ib``.
 
-    Computed without forming the pairs, by the symmetry of the interventional game: swapping the explained row
-    and the reference negates every Shapley value, so ``S[k, b] = −Σ_{i∈k} φ(x=b; reference x_i)``, which is one
-    interventional run of the *background rows* against the group's rows as the (weighted) reference, with the
-    same pattern tables.
+    Without forming the pairs: per path, the rows are reduced to their distinct (group, pattern) with summed leaf
+    values, the pair weights are computed once per distinct (group, row pattern, background pattern), and
+    scattered to the background rows of each pattern.
 
     Parameters
     ----------
@@ -1013,21 +1137,30 @@ def group_sums(paths, X: np.ndarray, outputs: np.ndarray, groups: np.ndarray, n_
     X, outputs = _prepare(paths, X, outputs)
     if outputs.shape[1] != 1:
         raise ValueError("`group_sums` explains one output per row: pass `outputs` of shape (n,) or (n, 1).")
-    B = _as_float64(background, paths.n_features, "background")
-    groups = np.asarray(groups, dtype=np.int64)
-    out = np.zeros((n_groups, B.shape[0], paths.n_features))
-    for k in np.unique(groups):
-        rows = groups == k
-        ref = _background_patterns(paths, X[rows], value=paths.leaf_value, value_of_row=outputs[rows, 0])
-        live = ref.n_unique > 0
-        tree_live = np.zeros(paths.n_trees, dtype=bool)
-        np.logical_or.at(tree_live, paths.path_tree, live)
-        values, _ = _explain(
-            paths, B, np.zeros((B.shape[0], 1), np.int64), ref, table=table, progress=None, split=False,
-            leaf_value=live[:, None].astype(np.float64), tree_out=np.where(tree_live, 0, -2).astype(np.int64),
-        )  # fmt: skip
-        out[k] = -values[:, 0]
-    return out
+    groups = np.ascontiguousarray(groups, dtype=np.int64)
+    bg = _background_patterns(paths, background, rows=True)
+    n_bg = bg.stride
+    S = np.zeros((n_groups, n_bg, paths.n_features))
+    if X.shape[0] == 0 or paths.n_paths == 0:
+        return S
+    if n_groups > 1 and paths.max_unique_features + int(np.ceil(np.log2(n_groups))) > MAX_PATH_FEATURES:
+        raise ValueError(f"{n_groups} groups and paths of {paths.max_unique_features} features exceed the "
+                         "engine's 62-bit keys; use fewer groups or shallower trees.")
+    pattern_of = np.zeros(paths.n_paths * n_bg, np.int64)
+    _patterns_of_rows(bg.n_unique, bg.order, bg.start, n_bg, pattern_of)
+    sizes = n_groups * bg.n_unique * paths.path_length
+    bounds = np.searchsorted(np.cumsum(sizes), np.arange(1, -(-int(sizes.sum()) // GROUP_BUDGET) + 1) * GROUP_BUDGET)
+    edges = np.unique(np.concatenate([[0], np.minimum(bounds + 1, paths.n_paths), [paths.n_paths]]))
+    threads = nb.get_num_threads()
+    XT = np.ascontiguousarray(X.T)
+    for p_lo, p_hi in itertools.pairwise(edges):
+        g_ptr = np.concatenate([[0], np.cumsum(sizes[p_lo:p_hi])]).astype(np.int64)
+        G = np.zeros(max(int(g_ptr[-1]), 1))
+        _group_kernel(XT, paths.path_ptr, paths.feature, paths.lower, paths.upper, paths.nan_ok, paths.leaf_value,
+                      np.ascontiguousarray(outputs[:, 0]), groups, n_groups, p_lo, p_hi, n_bg, bg.n_unique, bg.pat,
+                      _W, g_ptr, threads, G)
+        _group_scatter_kernel(paths.path_ptr, paths.feature, p_lo, p_hi, n_bg, bg.n_unique, pattern_of, g_ptr, G, S)
+    return S
 
 
 def interaction_values(paths, X: np.ndarray, outputs: np.ndarray) -> np.ndarray:
