@@ -188,6 +188,24 @@ def test_to_genes_bootstrap_on_genes_and_dims_independent_of_blocks(pbmc, forest
     assert res.group_table(values="ci_low").shape == (adata.n_vars, n_groups)
 
 
+def test_background_anndata_with_genes_equals_background_indices(pbmc, forest):
+    bg = np.arange(100, 700, 40)
+    by_index = pbmc.copy()
+    sx.tl.tree_shap_gpu(by_index, forest, use_rep="X_pca", to_genes=True, groupby="bulk_labels",
+                        feature_perturbation="interventional", background=bg, progress=False)
+    cells = pbmc[:100].copy()
+    sx.tl.tree_shap_gpu(cells, forest, use_rep="X_pca", to_genes=True, groupby="bulk_labels",
+                        feature_perturbation="interventional", background=pbmc[bg].copy(), progress=False)
+    np.testing.assert_allclose(cells.layers["tree_shap"], by_index.layers["tree_shap"][:100], atol=1e-7)
+    np.testing.assert_allclose(cells.layers["tree_shap_presence"], by_index.layers["tree_shap_presence"][:100],
+                               atol=1e-7)
+    wrong = pbmc[bg].copy()
+    wrong.X = wrong.X[::-1].copy()  # its embedding no longer comes from its genes
+    with pytest.raises(ValueError, match="the background's adata.X"):
+        sx.tl.tree_shap_gpu(cells, forest, use_rep="X_pca", to_genes=True, groupby="bulk_labels",
+                            feature_perturbation="interventional", background=wrong, progress=False)
+
+
 def test_pca_layer_from_the_pca_params_and_a_subset_of_pcs(pbmc):
     adata = pbmc.copy()
     adata.layers["scaled"] = adata.X.copy()

@@ -291,6 +291,7 @@ class GeneSide:
     cov: np.ndarray | None  # cells × covariates (encoder) or None
     where: str  # the gene matrix, for messages and params
     params: dict
+    matrix_of: Any = None  # the same gene matrix of another AnnData (an external background)
 
 
 def gene_map(adata: AnnData, *, use_rep: str, encoder, layer: str | None, cols: np.ndarray) -> GeneSide:
@@ -332,7 +333,8 @@ def gene_map(adata: AnnData, *, use_rep: str, encoder, layer: str | None, cols: 
     X, _ = _inputs.get_matrix(adata, layer=layer)
     where = f"layers[{layer!r}]" if layer is not None else "adata.X"
     return GeneSide(LinearMap(L), X, None, None, where,
-                    {"map": "pca", "loadings": f"varm[{loadings_key!r}]", "gene_matrix": where})
+                    {"map": "pca", "loadings": f"varm[{loadings_key!r}]", "gene_matrix": where},
+                    lambda other: _inputs.get_matrix(other, layer=layer)[0])
 
 
 def _encoder_side(adata, encoder, use_rep, layer, cols) -> GeneSide:
@@ -359,9 +361,11 @@ def _encoder_side(adata, encoder, use_rep, layer, cols) -> GeneSide:
         raise ValueError("Some of the encoder's genes are not in adata.var_names.")
     cov = adapter.covariates(adata, None)
     cov = None if cov is None else cov.detach().cpu().double().numpy()
-    return GeneSide(EncoderMap(adapter, cols), X, pos, cov, getattr(adapter, "_where", "counts"),
+    where = getattr(adapter, "_where", "counts")
+    return GeneSide(EncoderMap(adapter, cols), X, pos, cov, where,
                     {"map": "encoder", "encoder_class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-                     "gene_matrix": getattr(adapter, "_where", "counts")})
+                     "gene_matrix": where},
+                    lambda other: adapter.input_matrix(other, layer=layer, use_raw=False)[0])
 
 
 def check_reproduces(gmap: GeneMap, x: np.ndarray, cov, z: np.ndarray, offset: np.ndarray | None, *,
