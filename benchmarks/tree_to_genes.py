@@ -5,7 +5,8 @@ Part 1 — genes through the PCA: a random forest (100 trees, max_depth=8) train
 
 - scexplain ``tl.tree_shap_gpu(..., use_rep="X_pca", to_genes=True)`` (interventional, and path-dependent);
 - shap's ``KernelExplainer`` on genes through the PCA, f(x) = forest(PCA(x)) toward each cell's own class, with the
-  same background cells (``l1_reg=False``: all genes), the alternative a user has today.
+  same background cells (``l1_reg=False``: all genes), the alternative a user has today: at ``--nsamples`` (twice,
+  with two seeds, to show its sampling noise) and at ``--converged-nsamples`` on the first ``--converged-cells``.
 
 Both split f(x) − mean_b f(b) over genes, by different rules (KernelSHAP estimates the Shapley values of the gene
 game through the PCA; scexplain splits the tree's exact values per background cell along the PCA's loadings), so
@@ -16,7 +17,7 @@ a plain run (values only), the presence split (always stored now), the split plu
 per-(group, background cell) sums, and the per-pair values ``to_genes`` composes; on 700 and 7,000 cells, for a
 shallow and a deep forest.
 
-    python benchmarks/tree_to_genes.py [--cells 50] [--background 20] [--nsamples 2048] [--skip-kernel]
+    python benchmarks/tree_to_genes.py [--cells 50] [--background 20] [--nsamples 2048] [--skip-kernel] [--part 1|2]
 
 2 threads everywhere (Numba, BLAS); each timing is the best of ``--repeats`` runs, interleaved.
 """
@@ -96,38 +97,53 @@ def part1(args) -> None:
           f"Σ_genes vs Σ_dims: {ours['tree_path_dependent'][2]:.1e} relative")
     if args.skip_kernel:
         return
+    X = np.asarray(explained.X, dtype=np.float64)
+    kernel = lambda rows, nsamples, seed: _kernel_shap(adata, forest, X[rows], own[rows],  # noqa: E731
+                                                       np.asarray(background.X, dtype=np.float64), nsamples, seed)
+    everyone = np.arange(len(X))
+    (values, kernel_s), (again, _) = kernel(everyone, args.nsamples, 1), kernel(everyone, args.nsamples, 2)
+    few = everyone[: args.converged_cells]
+    converged, converged_s = kernel(few, args.converged_nsamples, 3)
+    print(f"  shap KernelExplainer on genes, nsamples={args.nsamples}: {kernel_s:8.2f} s ({args.cells} cells); "
+          f"nsamples={args.converged_nsamples}: {converged_s:.2f} s ({len(few)} cells)")
+    print(f"  KernelExplainer against itself (nsamples={args.nsamples}, two seeds): Pearson r {_r(values, again):.3f}; "
+          f"against nsamples={args.converged_nsamples}: {_r(values[few], converged):.3f}")
+    for mode, (genes, seconds, _) in ours.items():
+        print(f"  {mode:<20s} {kernel_s / seconds:7.1f}× faster than KernelExplainer at nsamples={args.nsamples} "
+              f"({converged_s / len(few) / (seconds / len(X)):.0f}× at {args.converged_nsamples}); "
+              f"Pearson r {_r(genes, values):.3f} (nsamples={args.nsamples}), "
+              f"{_r(genes[few], converged):.3f} (nsamples={args.converged_nsamples}); "
+              f"top-10 overlap {_top_overlap(genes[few], converged):.2f}; "
+              f"max |Δ| {np.abs(genes[few] - converged).max():.2e} (max |KernelSHAP| {np.abs(converged).max():.2e})")
+
+
+def _r(a, b) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def _top_overlap(a, b, k: int = 10) -> float:
+    return float(np.mean([len(set(np.argsort(-a[i])[:k]) & set(np.argsort(-b[i])[:k])) / k for i in range(len(a))]))
+
+
+def _kernel_shap(adata, forest, X, own, B, nsamples: int, seed: int):
+    """shap's KernelExplainer on genes through the PCA toward each cell's own class: ``(values, seconds)``."""
     import shap
 
     L = adata.varm["PCs"].astype(np.float64)
-    mean = np.asarray(adata.X, dtype=np.float64).mean(axis=0)  # the centre of this PCA (sc.pp.pca zero-centres X)
-    X = np.asarray(explained.X, dtype=np.float64)
-    B = np.asarray(background.X, dtype=np.float64)
+    mean = np.asarray(adata.X, dtype=np.float64).mean(axis=0)  # the centre of this PCA (sc.pp.pca centres X)
     values = np.zeros_like(X)
-    kernel_s = 0.0
-    for cls in np.unique(own):
-        rows = np.flatnonzero(own == cls)
+    seconds = 0.0
+    for i in range(len(X)):
 
-        def f(x, cls=cls):
+        def f(x, cls=own[i]):
             return forest.predict_proba(((np.asarray(x) - mean) @ L).astype(np.float32))[:, cls]
 
-        explainer = shap.KernelExplainer(f, B)
-        out, seconds = _timed(lambda explainer=explainer, rows=rows: explainer.shap_values(
-            X[rows], nsamples=args.nsamples, l1_reg=False, silent=True))
-        values[rows] = np.asarray(out)
-        kernel_s += seconds
-    print(f"  shap KernelExplainer on genes (nsamples={args.nsamples}) {kernel_s:8.2f} s")
-    for mode, (genes, seconds, _) in ours.items():
-        r = np.corrcoef(genes.ravel(), values.ravel())[0, 1]
-        per_cell = np.median([np.corrcoef(genes[i], values[i])[0, 1] for i in range(len(X))])
-        top = np.mean([len(set(np.argsort(-genes[i])[:10]) & set(np.argsort(-values[i])[:10])) / 10
-                       for i in range(len(X))])
-        scale = np.abs(values).max()
-        print(f"  {mode:<20s} {kernel_s / seconds:6.1f}× faster than KernelExplainer; Pearson r {r:.3f} "
-              f"(median per cell {per_cell:.3f}), top-10 overlap {top:.2f}, max |Δ| {np.abs(genes - values).max():.2e}"
-              f" (max |KernelSHAP| {scale:.2e})")
-    fx = forest.predict_proba(explained.obsm["X_pca"])[np.arange(len(X)), own]
-    fb = forest.predict_proba(background.obsm["X_pca"])[:, own].mean(axis=0)
-    print(f"  KernelExplainer additivity: max |Σφ − (f(x) − E f)| {np.abs(values.sum(1) - (fx - fb)).max():.1e}")
+        np.random.seed(seed)  # noqa: NPY002 - KernelExplainer samples coalitions with the global generator
+        out, t = _timed(lambda f=f, i=i: shap.KernelExplainer(f, B).shap_values(
+            X[i : i + 1], nsamples=nsamples, l1_reg=False, silent=True))
+        values[i] = np.asarray(out)[0]
+        seconds += t
+    return values, seconds
 
 
 def _engine_runs(cpu, paths, X, own, codes, bg) -> dict:
@@ -177,6 +193,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=50)
     parser.add_argument("--background", type=int, default=20)
     parser.add_argument("--nsamples", type=int, default=2048)
+    parser.add_argument("--converged-cells", type=int, default=10)
+    parser.add_argument("--converged-nsamples", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-kernel", action="store_true", help="do not run KernelExplainer")
     parser.add_argument("--part", choices=("1", "2", "both"), default="both")
