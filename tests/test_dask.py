@@ -135,13 +135,44 @@ def test_tree_shap_on_dask_genes_equals_in_memory(perturbation):
     adata = _toy()
     forest = _forest(adata, rep=False)
     kw = dict(groupby="cell_type", feature_perturbation=perturbation, n_background=20, target="all", keep_all=True,
-              progress=False)
+              progress=False, n_bootstrap=8 if perturbation == "interventional" else None)
     mem = adata.copy()
     sx.tl.tree_shap_gpu(mem, forest, **kw)
     lazy = _lazy(adata)
     sx.tl.tree_shap_gpu(lazy, forest, **kw)
     assert isinstance(lazy.layers["tree_shap"], da.Array)
+    assert isinstance(lazy.layers["tree_shap_presence"], da.Array)
+    expected = {"tree_shap", "tree_shap_mean_abs", "tree_shap_presence"}
+    if perturbation == "interventional":
+        expected |= {"tree_shap_ci_low", "tree_shap_ci_high", "tree_shap_rank_stability"}
+    assert expected <= set(lazy.varm)
     _assert_close(lazy, mem, key="tree_shap", rtol=1e-12, atol=1e-12)
+
+
+def _toy_pca():
+    import scanpy as sc
+
+    adata = _toy()
+    sc.pp.pca(adata, n_comps=6)
+    return adata
+
+
+@pytest.mark.parametrize("perturbation", ["tree_path_dependent", "interventional"])
+def test_tree_shap_to_genes_on_dask_equals_in_memory(perturbation):
+    adata = _toy_pca()
+    forest = _forest(adata)
+    kw = dict(use_rep="X_pca", to_genes=True, groupby="cell_type", feature_perturbation=perturbation,
+              n_background=20, progress=False, n_bootstrap=8 if perturbation == "interventional" else None)
+    mem = adata.copy()
+    sx.tl.tree_shap_gpu(mem, forest, **kw)
+    lazy = _lazy(adata)  # the genes on dask (the embedding stays in memory)
+    sx.tl.tree_shap_gpu(lazy, forest, **kw)
+    assert isinstance(lazy.layers["tree_shap"], da.Array)
+    _assert_close(lazy, mem, key="tree_shap", rtol=1e-9, atol=1e-12)
+    for k in ("tree_shap", "tree_shap_presence"):
+        np.testing.assert_allclose(_dense(lazy.obsm[k]), _dense(mem.obsm[k]), rtol=1e-9, atol=1e-12)
+    for t, table in mem.uns["tree_shap"]["group_tables"].items():
+        np.testing.assert_allclose(lazy.uns["tree_shap"]["group_tables"][t], table, rtol=1e-9, atol=1e-12)
 
 
 def test_nan_in_a_dask_block_is_a_clear_error_and_leaves_the_adata_untouched(snapshot):
@@ -230,18 +261,26 @@ def test_local_cluster_latent_and_trees(cluster, scvi_model):
     local = adata.copy()
     local.layers["counts"] = da.from_array(np.asarray(adata.layers["counts"]), chunks=(23, -1))
     remote = local.copy()
-    toy = _toy()
-    forest = _forest(toy, rep=False)
+    toy = _toy_pca()
+    forest, on_pcs = _forest(toy, rep=False), _forest(toy)
     t_local, t_remote = _lazy(toy), _lazy(toy)
-    kw = dict(groupby="cell_type", feature_perturbation="interventional", n_background=15, progress=False)
+    kw = dict(groupby="cell_type", feature_perturbation="interventional", n_background=15, progress=False,
+              n_bootstrap=5)
+    genes_kw = dict(kw, use_rep="X_pca", to_genes=True, key_added="genes")
     sx.tl.deep_shap(local, model, explain="latent", n_background=10, progress=False)
     sx.tl.tree_shap_gpu(t_local, forest, **kw)
+    sx.tl.tree_shap_gpu(t_local, on_pcs, **genes_kw)
     with Client(cluster):
         sx.tl.deep_shap(remote, model, explain="latent", n_background=10, progress=False)
         sx.tl.tree_shap_gpu(t_remote, forest, **kw)
+        sx.tl.tree_shap_gpu(t_remote, on_pcs, **genes_kw)
     np.testing.assert_array_equal(remote.varm["deep_shap_latent"], local.varm["deep_shap_latent"])
-    np.testing.assert_array_equal(_dense(t_remote.layers["tree_shap"]), _dense(t_local.layers["tree_shap"]))
-    np.testing.assert_array_equal(t_remote.varm["tree_shap"], t_local.varm["tree_shap"])
+    for key in ("tree_shap", "genes"):
+        for k in (key, f"{key}_presence"):
+            np.testing.assert_array_equal(_dense(t_remote.layers[k]), _dense(t_local.layers[k]))
+        for k in (key, f"{key}_presence", f"{key}_ci_low", f"{key}_rank_stability"):
+            np.testing.assert_array_equal(t_remote.varm[k], t_local.varm[k])
+    np.testing.assert_array_equal(t_remote.obsm["genes"], t_local.obsm["genes"])
 
 
 def test_the_block_function_travels_once_per_worker_and_threads_are_set(cluster):

@@ -69,7 +69,9 @@ def test_use_rep_storage_contract(explained, forest):
     for k, v in {"method": "tree_shap", "groupby": "bulk_labels", "use_rep": "X_pca", "target": "label",
                  "feature_perturbation": "tree_path_dependent", "device": "cpu"}.items():
         assert params[k] == v
-    assert params["model_class"].endswith("RandomForestClassifier") and params["n_background"] is None
+    assert params["model_class"].endswith("RandomForestClassifier")
+    # path-dependent: the background is only the presence split's reference
+    assert params["n_background"] == 100 and params["presence"] == "x_j > mean(background)"
     assert "tree_shap" not in adata.layers and "tree_shap" not in adata.varm
 
 
@@ -148,6 +150,131 @@ def test_interventional_and_interactions(pbmc, forest):
     assert small.uns["tree_shap"]["interactions_mean_abs"].shape == (20, 20)
 
 
+# --- presence / absence --------------------------------------------------------------------------------------------
+def test_interventional_presence_is_each_pairs_term_where_the_cell_is_larger(pbmc, forest):
+    """Oracle: shap's interventional TreeExplainer against one background cell at a time gives each pair's terms."""
+    adata = pbmc[:60].copy()
+    bg = np.arange(0, 60, 6)
+    sx.tl.tree_shap_gpu(adata, forest, use_rep="X_pca", groupby="bulk_labels", progress=False,
+                        feature_perturbation="interventional", background=bg)
+    x = adata.obsm["X_pca"]
+    own = _own(adata, forest)
+    values, presence = np.zeros(x.shape), np.zeros(x.shape)
+    for b in bg:
+        explainer = shap.TreeExplainer(forest, x[b : b + 1], feature_perturbation="interventional")
+        phi = np.asarray(explainer.shap_values(x, check_additivity=False))[np.arange(60), :, own]
+        values += phi
+        presence += np.where(x > x[b], phi, 0.0)
+    np.testing.assert_allclose(adata.obsm["tree_shap"], values / len(bg), atol=1e-6)
+    np.testing.assert_allclose(adata.obsm["tree_shap_presence"], presence / len(bg), atol=1e-6)
+    res = get_result(adata, "tree_shap")
+    mean, pres, absent = (res.group_table(values=t) for t in ("mean", "presence", "absence"))
+    cells = (adata.obs["bulk_labels"] == "CD14+ Monocyte").to_numpy()
+    np.testing.assert_allclose(pres["CD14+ Monocyte"], (presence / len(bg))[cells].mean(0), atol=1e-6)
+    np.testing.assert_allclose(pres + absent, mean, atol=1e-12)
+    assert adata.uns["tree_shap"]["params"]["presence"] == "pairs: x_j > b_j"
+
+
+def test_path_dependent_presence_uses_the_background_mean(explained):
+    adata = explained
+    bg = adata.uns["tree_shap"]["params"]["background_obs_indices"]
+    assert len(bg) == 100
+    reference = adata.obsm["X_pca"][bg].astype(np.float32).astype(np.float64).mean(0)  # as the forest reads it
+    values = adata.obsm["tree_shap"]
+    np.testing.assert_array_equal(adata.obsm["tree_shap_presence"], np.where(adata.obsm["X_pca"] > reference,
+                                                                             values, 0).astype(np.float32))
+    table = adata.uns["tree_shap"]["group_tables"]["presence"]
+    mono = (adata.obs["bulk_labels"] == "CD14+ Monocyte").to_numpy()
+    col = list(adata.uns["tree_shap"]["groups"]).index("CD14+ Monocyte")
+    np.testing.assert_allclose(table[:, col], adata.obsm["tree_shap_presence"][mono].mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["interventional", "tree_path_dependent"])
+def test_planted_markers_are_explained_by_their_presence(mode):
+    adata = sx.datasets.toy(n_cells=400, n_genes=30, n_groups=3, n_markers=3, seed=4)
+    X = pd.DataFrame(adata.layers["lognorm"], columns=adata.var_names)
+    model = RandomForestClassifier(30, max_depth=5, random_state=0).fit(X, adata.obs["cell_type"])
+    sx.tl.tree_shap_gpu(adata, model, layer="lognorm", groupby="cell_type", feature_perturbation=mode,
+                        n_background=40, progress=False)
+    res = get_result(adata, "tree_shap")
+    mean, presence = res.group_table(), res.group_table(values="presence")
+    np.testing.assert_allclose(np.asarray(adata.layers["tree_shap_presence"]).sum() +
+                               (np.asarray(adata.layers["tree_shap"]) - adata.layers["tree_shap_presence"]).sum(),
+                               np.asarray(adata.layers["tree_shap"]).sum(), rtol=1e-6)
+    for group, markers in adata.uns["toy"]["markers"].items():
+        top = mean[group].sort_values(ascending=False).index[:3]
+        assert set(top) == set(markers), (group, list(top))
+        assert (presence.loc[markers, group] > 0.8 * mean.loc[markers, group]).all()
+        # another group's markers push toward this group by their absence
+        others = [g for g in adata.uns["toy"]["markers"] if g != group]
+        theirs = np.concatenate([adata.uns["toy"]["markers"][g] for g in others])
+        helping = mean.loc[theirs, group] > 1e-3
+        assert helping.any()
+        assert (presence.loc[theirs, group][helping] < 0.4 * mean.loc[theirs, group][helping]).all()
+
+
+# --- bootstrap ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bootstrapped(pbmc, forest):
+    adata = pbmc.copy()
+    sx.tl.tree_shap_gpu(adata, forest, use_rep="X_pca", groupby="bulk_labels", feature_perturbation="interventional",
+                        n_background=50, n_bootstrap=30, n_top=5, progress=False)
+    return adata
+
+
+def test_bootstrap_tables_params_and_determinism(pbmc, forest, bootstrapped):
+    uns = bootstrapped.uns["tree_shap"]
+    tables = uns["group_tables"]
+    n_groups = len(uns["groups"])
+    for t in ("ci_low", "ci_high", "rank_stability"):
+        assert tables[t].shape == (20, n_groups)
+    assert (tables["ci_low"] <= tables["ci_high"]).all()
+    inside = (tables["ci_low"] <= tables["mean"] + 1e-12) & (tables["mean"] <= tables["ci_high"] + 1e-12)
+    assert inside.mean() > 0.95
+    assert ((tables["rank_stability"] >= 0) & (tables["rank_stability"] <= 1)).all()
+    np.testing.assert_allclose(tables["rank_stability"].sum(0), 5)  # each replicate has 5 top dimensions
+    assert dict(uns["params"]["bootstrap"]) == {"n_bootstrap": 30, "ci_level": 0.95, "n_top": 5, "method": (
+        "two-way (Poisson over cells, multinomial over background cells), linearised")}
+    again = pbmc.copy()
+    sx.tl.tree_shap_gpu(again, forest, use_rep="X_pca", groupby="bulk_labels", feature_perturbation="interventional",
+                        n_background=50, n_bootstrap=30, n_top=5, batch_size=97, progress=False)
+    for t in ("ci_low", "ci_high", "rank_stability"):  # same seed, other blocks: the same numbers
+        np.testing.assert_allclose(again.uns["tree_shap"]["group_tables"][t], tables[t], rtol=1e-12, atol=1e-15)
+
+
+def test_bootstrap_background_sums_equal_the_pairs(pbmc, forest):
+    """The engine's per-(group, background cell) sums, against the per-pair values summed by group."""
+    from scexplain.engines import treeshap_cpu
+    from scexplain.models._trees import tree_paths
+
+    paths = tree_paths(forest)
+    x = paths.prepare_input(pbmc.obsm["X_pca"][:200])
+    bg = paths.prepare_input(pbmc.obsm["X_pca"][::35])
+    own = _own(pbmc, forest)[:200]
+    codes = pbmc.obs["bulk_labels"].cat.codes.to_numpy()[:200]
+    pairs = treeshap_cpu.pair_values(paths, x, own, background=bg)
+    expected = np.stack([pairs[codes == k].sum(0) for k in range(10)])
+    np.testing.assert_allclose(treeshap_cpu.group_sums(paths, x, own, codes, 10, background=bg), expected,
+                               atol=1e-12)
+
+
+def test_bootstrap_intervals_cover_reruns_with_fresh_backgrounds(pbmc, forest, bootstrapped):
+    """Reruns with other background draws (other random_state) mostly fall inside the intervals."""
+    tables = bootstrapped.uns["tree_shap"]["group_tables"]
+    low, high = tables["ci_low"], tables["ci_high"]
+    important = tables["mean_abs"] > np.quantile(tables["mean_abs"], 0.5)  # the dimensions that matter
+    hits = []
+    for seed in range(1, 6):
+        rerun = pbmc.copy()
+        sx.tl.tree_shap_gpu(rerun, forest, use_rep="X_pca", groupby="bulk_labels",
+                            feature_perturbation="interventional", n_background=50, random_state=seed,
+                            progress=False)
+        mean = rerun.uns["tree_shap"]["group_tables"]["mean"]
+        hits.append(((mean >= low) & (mean <= high))[important])
+    coverage = np.mean(hits)
+    assert coverage > 0.85, coverage
+
+
 def test_binary_booster_explains_each_cell_toward_its_class(pbmc):
     adata = pbmc[pbmc.obs["bulk_labels"].isin(["CD14+ Monocyte", "CD56+ NK"])].copy()
     labels = (adata.obs["bulk_labels"] == "CD56+ NK").to_numpy().astype(int)
@@ -200,7 +327,11 @@ def _deep_paths():
         ({"target": ["nope"]}, ValueError, "not a model output"),
         ({"model": "deep", "use_rep": None}, ValueError, "at most 62"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"background": np.arange(5)}, ValueError, "interventional' only"),
+        ({"n_bootstrap": 5}, ValueError, "feature_perturbation='interventional'"),
+        ({"n_bootstrap": 5, "feature_perturbation": "interventional", "groupby": None, "target": "predicted"},
+         ValueError, "pass `groupby=`"),
+        ({"n_bootstrap": 1, "feature_perturbation": "interventional"}, ValueError, "integer ≥ 2"),
+        ({"n_bootstrap": 5, "feature_perturbation": "interventional", "ci_level": 1.5}, ValueError, "ci_level"),
         ({"feature_perturbation": "interventional", "background": np.zeros((3, 7))}, ValueError, "columns"),
     ],
 )

@@ -181,6 +181,106 @@ def test_own_output_per_row_equals_all_outputs(case):
                                full[np.arange(6), own[:, 0]], atol=1e-14)
 
 
+def _pair_games(trees, base, x, b) -> dict[frozenset, np.ndarray]:
+    """v(S) = f(x_S, b_S̄) of one (row, background row) pair."""
+    out = {}
+    for mask in itertools.product([False, True], repeat=M):
+        out[frozenset(np.flatnonzero(mask).tolist())] = _f(trees, base, np.where(np.asarray(mask), x, b))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair_case():
+    """NaN-free rows (the presence rule is then exactly x_j > b_j) with brute-force per-pair Shapley values."""
+    trees, base, paths = _ensemble(seed=11, n_trees=3, depth=5)
+    X, bg = _rows(12, 8, nan=False), _rows(13, 5, nan=False)
+    own = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    pairs = np.stack([[_shapley(_pair_games(trees, base, x, b))[:, own[i]] for b in bg] for i, x in enumerate(X)])
+    return paths, X, bg, own, pairs  # pairs: rows × background × features
+
+
+ENGINES = {
+    "cpu": treeshap_cpu,
+    "xp": type("NumpyEngine", (), {
+        name: staticmethod(lambda *a, _f=name, **k: getattr(treeshap_gpu, _f)(*a, xp=np, memory_budget=400, **k))
+        for name in ("split_values", "pair_values", "group_sums")}),
+}
+
+
+@pytest.mark.parametrize("engine", ["cpu", "xp"])
+def test_pairs_split_and_group_sums_equal_brute_force_per_pair(pair_case, engine):
+    paths, X, bg, own, pairs = pair_case
+    eng = ENGINES[engine]
+    np.testing.assert_allclose(eng.pair_values(paths, X, own, background=bg), pairs, atol=1e-12, rtol=0)
+    # each pair sums to f(x) − f(b) of the row's output
+    fx, fb = treeshap_cpu.predict(paths, X), treeshap_cpu.predict(paths, bg)
+    np.testing.assert_allclose(pairs.sum(-1), fx[np.arange(8), own][:, None] - fb[:, own].T, atol=1e-12)
+    larger = X[:, None, :] > bg[None]  # presence: the pair's term where the row's value is the larger
+    for table in ((None, True, False) if engine == "cpu" else (None,)):
+        kw = {} if table is None else {"table": table}
+        values, presence = eng.split_values(paths, X, own[:, None], background=bg, **kw)
+        np.testing.assert_allclose(values[:, 0], pairs.mean(1), atol=1e-12, rtol=0)
+        np.testing.assert_allclose(presence[:, 0], (pairs * larger).mean(1), atol=1e-12, rtol=0)
+    groups = np.array([2, 0, 2, 2, 0, 1, 0, 2])
+    expected = np.stack([pairs[groups == k].sum(0) for k in range(4)])  # group 3 has no rows: zeros
+    np.testing.assert_allclose(eng.group_sums(paths, X, own, groups, 4, background=bg), expected, atol=1e-12,
+                               rtol=0)
+
+
+def test_group_sums_of_deep_paths_and_many_groups():
+    """Paths too deep for a dense (group, pattern) histogram (n_groups · 2^d > HIST_MAX): the sorted-keys branch."""
+    *_, paths = _ensemble(seed=7, n_trees=2, depth=12)
+    assert paths.max_unique_features >= 5
+    X, bg = _rows(8, 60), _rows(9, 9)
+    own = np.arange(60) % K
+    n_groups = treeshap_cpu.HIST_MAX  # one more than fits with d ≥ 1
+    groups = (np.arange(60) * 7919) % n_groups
+    pairs = treeshap_cpu.pair_values(paths, X, own, background=bg)
+    S = treeshap_cpu.group_sums(paths, X, own, groups, n_groups, background=bg)
+    used = np.unique(groups)
+    np.testing.assert_allclose(S[used], np.stack([pairs[groups == k].sum(0) for k in used]), atol=1e-12)
+    assert np.abs(np.delete(S, used, axis=0)).max() == 0
+
+
+def test_split_with_missing_values_sums_to_the_values_and_engines_agree(case):
+    _, _, paths, X, bg, _, _ = case  # NaN in rows and background
+    values, presence = treeshap_cpu.split_values(paths, X, ALL, background=bg)
+    np.testing.assert_allclose(values, treeshap_cpu.shap_values(paths, X, ALL, background=bg), atol=1e-13)
+    assert np.abs(presence).sum() > 0 and np.abs(values - presence).sum() > 0
+    xp_values, xp_presence = treeshap_gpu.split_values(paths, X, ALL, background=bg, xp=np, memory_budget=500)
+    np.testing.assert_allclose(xp_values, values, atol=1e-13)
+    np.testing.assert_allclose(xp_presence, presence, atol=1e-13)
+    own = np.array([1, 0, 0, 1, 1, 0])
+    np.testing.assert_allclose(treeshap_cpu.pair_values(paths, X, own, background=bg).mean(1),
+                               values[np.arange(6), own], atol=1e-13)
+    with pytest.raises(ValueError, match="interventional"):
+        treeshap_cpu.split_values(paths, X, ALL, background=None)
+    with pytest.raises(ValueError, match="one output per row"):
+        treeshap_cpu.pair_values(paths, X, ALL, background=bg)
+    with pytest.raises(ValueError, match="one output per row"):
+        treeshap_gpu.group_sums(paths, X, ALL, np.zeros(6, int), 1, background=bg, xp=np)
+
+
+def test_pairs_match_shap_with_a_single_background_row():
+    """shap's interventional TreeExplainer with one background row is the pair's Shapley value."""
+    shap = pytest.importorskip("shap")
+    from sklearn.ensemble import RandomForestClassifier
+
+    from scexplain.models._trees import tree_paths
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 6))
+    model = RandomForestClassifier(10, max_depth=6, random_state=0).fit(X, (X[:, 0] + X[:, 1] > 0).astype(int))
+    paths = tree_paths(model)
+    rows, bg = paths.prepare_input(X[:15]), paths.prepare_input(X[100:104])
+    own = np.ones(15, dtype=np.int64)
+    ours = treeshap_cpu.pair_values(paths, rows, own, background=bg)
+    for b in range(4):
+        explainer = shap.TreeExplainer(model, X[100 + b : 101 + b], feature_perturbation="interventional")
+        expected = np.asarray(explainer.shap_values(X[:15], check_additivity=False))[..., 1]
+        np.testing.assert_allclose(ours[:, b], expected, atol=1e-7)  # shap rounds its sums to float32
+
+
 def test_gpu_algorithm_on_numpy_equals_cpu_engine(case):
     """The CuPy engine's code path, run with NumPy as the array module, tiles included."""
     _, _, paths, X, bg, _, _ = case
@@ -250,6 +350,15 @@ def test_cupy_engine_equals_cpu_engine(case):
         np.testing.assert_allclose(treeshap_gpu.interaction_values(paths, X, outputs, xp=cupy),
                                    treeshap_cpu.interaction_values(paths, X, outputs), atol=1e-12)
     np.testing.assert_allclose(treeshap_gpu.predict(paths, X, xp=cupy), treeshap_cpu.predict(paths, X), atol=1e-12)
+    own = np.array([1, 0, 0, 1, 1, 0])
+    for ours, theirs in zip(treeshap_gpu.split_values(paths, X, ALL, background=bg, xp=cupy),
+                            treeshap_cpu.split_values(paths, X, ALL, background=bg), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-12)
+    np.testing.assert_allclose(treeshap_gpu.pair_values(paths, X, own, background=bg, xp=cupy),
+                               treeshap_cpu.pair_values(paths, X, own, background=bg), atol=1e-12)
+    groups = np.array([0, 2, 2, 1, 0, 2])
+    np.testing.assert_allclose(treeshap_gpu.group_sums(paths, X, own, groups, 3, background=bg, xp=cupy),
+                               treeshap_cpu.group_sums(paths, X, own, groups, 3, background=bg), atol=1e-12)
 
 
 @pytest.mark.gpu

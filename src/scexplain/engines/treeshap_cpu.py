@@ -18,8 +18,10 @@ must be finite or NaN.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
@@ -29,10 +31,13 @@ __all__ = [
     "check_depth",
     "expected_value",
     "gauss_legendre_table",
+    "group_sums",
     "interaction_values",
+    "pair_values",
     "predict",
     "shap_values",
     "shapley_weight_table",
+    "split_values",
 ]
 
 #: Largest number of unique features on one root-to-leaf path (patterns are int64 bitmasks).
@@ -100,10 +105,18 @@ def _popcount(v):
 
 
 @nb.njit(cache=True)
-def _weights(mode, d, s, m, zf, gl_x, gl_w, b0, b1, bg_pat, bg_cnt, inv_nbg, wtab, fb, suf, w):
-    """Per-feature weights ``w[:d]`` of path (start ``s``, ``d`` features) for the row pattern ``m``."""
+def _weights(mode, d, s, m, zf, gl_x, gl_w, b0, b1, bg_pat, bg_abv, bg_cnt, inv_nbg, wtab, fb, suf, w, split, pw):
+    """Per-feature weights ``w[:d]`` of path (start ``s``, ``d`` features) for the row pattern ``m``.
+
+    With ``split`` (interventional): ``pw[j]``, for the features the row satisfies (bit ``j`` of ``m``), is the part
+    of ``w[j]`` from background rows *below* the feature's interval (neither in it nor above: the row's value is
+    the larger one, presence). ``pw`` of the other features is left to the caller (their presence depends on
+    whether the row is above the interval).
+    """
     for j in range(d):
         w[j] = 0.0
+        if split:
+            pw[j] = 0.0
     if mode == 0:
         nq = (d + 1) // 2
         q0 = nq * (nq - 1) // 2
@@ -136,13 +149,18 @@ def _weights(mode, d, s, m, zf, gl_x, gl_w, b0, b1, bg_pat, bg_cnt, inv_nbg, wta
             c = bg_cnt[b]
             wa = wtab[sa - 1, n] * c if sa > 0 else 0.0
             wb = wtab[sa, n] * c
+            below = a & ~bg_abv[b]
             for j in range(d):
                 if (a >> j) & 1:
                     w[j] += wa
+                    if split and (below >> j) & 1:
+                        pw[j] += wa
                 elif not ((m >> j) & 1):
                     w[j] -= wb
         for j in range(d):
             w[j] *= inv_nbg
+            if split:
+                pw[j] *= inv_nbg
 
 
 @nb.njit(cache=True)
@@ -168,7 +186,7 @@ def _pd_table(d, s, zf, gl_x, gl_w, tp, tab, fb, suf, w):
         no_cnt = np.zeros(1)
         no_w = np.zeros((1, 1))
         for m in range(size):
-            _weights(0, d, s, m, zf, gl_x, gl_w, 0, 0, no_pat, no_cnt, 1.0, no_w, fb, suf, w)
+            _weights(0, d, s, m, zf, gl_x, gl_w, 0, 0, no_pat, no_pat, no_cnt, 1.0, no_w, fb, suf, w, False, w)
             for j in range(d):
                 tab[tp + (j << d) + m] = w[j]
         return
@@ -215,7 +233,11 @@ def _pd_table_kernel(ptr, zf, p_lo, p_hi, tab_ptr, tab, gl_x, gl_w):
 
 
 @nb.njit(parallel=True, cache=True)
-def _iv_table_kernel(ptr, p_lo, p_hi, tab_ptr, tab, bg_stride, bg_n, bg_pat, bg_cnt, inv_nbg, wtab):
+def _iv_table_kernel(ptr, p_lo, p_hi, tab_ptr, tab, split, bg_stride, bg_n, bg_pat, bg_abv, bg_cnt, inv_nbg, wtab):
+    """Interventional weights of each path for every row pattern.
+
+    With ``split``, each entry ``e`` is interleaved with its presence part (``tab[2e]``, ``tab[2e + 1]``).
+    """
     for p in nb.prange(p_lo, p_hi):
         tp = tab_ptr[p]
         if tp < 0:
@@ -223,12 +245,48 @@ def _iv_table_kernel(ptr, p_lo, p_hi, tab_ptr, tab, bg_stride, bg_n, bg_pat, bg_
         s = ptr[p]
         d = ptr[p + 1] - s
         w = np.empty(d)
+        pw = np.empty(d)
         b0 = p * bg_stride
         for m in range(1 << d):
             # (interventional weights use neither the zero fractions nor the quadrature: `w` fills those slots)
-            _weights(1, d, s, m, w, w, w, b0, b0 + bg_n[p], bg_pat, bg_cnt, inv_nbg, wtab, w, w, w)
+            _weights(1, d, s, m, w, w, w, b0, b0 + bg_n[p], bg_pat, bg_abv, bg_cnt, inv_nbg, wtab, w, w, w, split,
+                     pw)
             for j in range(d):
-                tab[tp + (j << d) + m] = w[j]
+                e = tp + (j << d) + m
+                if split:  # interleaved; where the row misses feature j its presence part is all (above) or none
+                    tab[2 * e] = w[j]
+                    tab[2 * e + 1] = pw[j] if (m >> j) & 1 else w[j]
+                else:
+                    tab[e] = w[j]
+
+
+@nb.njit(cache=True)
+def _step(XT, r0, nr, f, th, want, nan_here, pos, rep, par, cur, apar, acur, above):
+    """Row patterns at a node from its parent's, for the rows ``r0 : r0 + nr``.
+
+    Bit ``pos`` of ``cur`` is set iff the row follows the split into this node (ANDed when the feature was split
+    on before). With ``above``, bit ``pos`` of ``acur`` is set where the row exceeds the threshold of a split it
+    had to go left at (it lies above the feature's interval; NaN never does).
+    """
+    if rep:
+        for i in range(nr):
+            x = XT[f, r0 + i]
+            isn = x != x
+            ok = (((x <= th) == want) & (not isn)) | (isn & nan_here)
+            cur[i] = par[i] & ~(np.int64(not ok) << pos)
+    else:
+        for i in range(nr):
+            x = XT[f, r0 + i]
+            isn = x != x
+            ok = (((x <= th) == want) & (not isn)) | (isn & nan_here)
+            cur[i] = par[i] | (np.int64(ok) << pos)
+    if above:
+        if want:
+            for i in range(nr):
+                acur[i] = apar[i] | (np.int64(XT[f, r0 + i] > th) << pos)
+        else:
+            for i in range(nr):
+                acur[i] = apar[i]
 
 
 @nb.njit(cache=True)
@@ -306,7 +364,7 @@ def _traversal(left, right, feat, thr, nan_left, node_path, roots):
 def _attr_kernel(
     XT, depth, e_feat, e_thr, e_left, e_nan, e_pos, e_rep, e_path, tree_ptr, max_depth, tree_out,
     ptr, feat, zf, val, osel, t_lo, t_hi, tab_ptr, tab,
-    mode, bg_stride, bg_n, bg_pat, bg_cnt, inv_nbg, wtab, gl_x, gl_w, tile, dmax, out,
+    mode, bg_stride, bg_n, bg_pat, bg_abv, bg_cnt, inv_nbg, wtab, gl_x, gl_w, tile, dmax, split, out, pout,
 ):  # fmt: skip
     n = XT.shape[1]
     n_sel = osel.shape[0]
@@ -317,10 +375,14 @@ def _attr_kernel(
         r1 = min(n, r0 + tile)
         nr = r1 - r0
         mstack = np.zeros((max_depth + 1, nr), np.int64)
+        astack = np.zeros((max_depth + 1, nr if split else 1), np.int64)  # above-bits (split only)
         vv = np.empty((n_sel, nr))
         wj = np.empty(nr)
+        pj = np.empty(nr if split else 1)
         wr = np.empty((dmax, nr))
+        pr = np.empty((dmax, nr if split else 1))
         w = np.empty(dmax)
+        pw = np.empty(dmax)
         fb = np.empty(dmax)
         suf = np.empty(dmax + 1)
         present = np.zeros(n_out, np.bool_)
@@ -337,25 +399,8 @@ def _attr_kernel(
             for e in range(tree_ptr[t], tree_ptr[t + 1]):
                 dep = depth[e]
                 if dep > 0:
-                    f = e_feat[e]
-                    th = e_thr[e]
-                    want = e_left[e]
-                    nan_here = e_nan[e]
-                    pos = e_pos[e]
-                    par = mstack[dep - 1]
-                    cur = mstack[dep]
-                    if e_rep[e]:
-                        for i in range(nr):
-                            x = XT[f, r0 + i]
-                            isn = x != x
-                            ok = (((x <= th) == want) & (not isn)) | (isn & nan_here)
-                            cur[i] = par[i] & ~(np.int64(not ok) << pos)
-                    else:
-                        for i in range(nr):
-                            x = XT[f, r0 + i]
-                            isn = x != x
-                            ok = (((x <= th) == want) & (not isn)) | (isn & nan_here)
-                            cur[i] = par[i] | (np.int64(ok) << pos)
+                    _step(XT, r0, nr, e_feat[e], e_thr[e], e_left[e], e_nan[e], e_pos[e], e_rep[e], mstack[dep - 1],
+                          mstack[dep], astack[dep - 1], astack[dep], split)
                 p = e_path[e]
                 if p < 0:
                     continue
@@ -364,14 +409,21 @@ def _attr_kernel(
                 if d == 0:
                     continue
                 mrow = mstack[dep]
+                arow = astack[dep]
                 tp = tab_ptr[p]
                 if tp < 0:
                     b0 = p * bg_stride
                     b1 = b0 + bg_n[p]
                     for i in range(nr):
-                        _weights(mode, d, s, mrow[i], zf, gl_x, gl_w, b0, b1, bg_pat, bg_cnt, inv_nbg, wtab, fb, suf, w)
+                        _weights(mode, d, s, mrow[i], zf, gl_x, gl_w, b0, b1, bg_pat, bg_abv, bg_cnt, inv_nbg, wtab,
+                                 fb, suf, w, split, pw)
                         for j in range(d):
                             wr[j, i] = w[j]
+                        if split:
+                            mi = mrow[i]
+                            ai = arow[i]
+                            for j in range(d):
+                                pr[j, i] = pw[j] if (mi >> j) & 1 else w[j] * ((ai >> j) & 1)
                 any_nonzero = False
                 for k in range(n_sel):
                     if uniform[k]:
@@ -387,51 +439,342 @@ def _attr_kernel(
                 for j in range(d):
                     if tp >= 0:
                         base = tp + (j << d)
-                        for i in range(nr):
-                            wj[i] = tab[base + mrow[i]]
+                        if split:  # the presence entry holds the full weight where the row misses j: kept if above
+                            for i in range(nr):
+                                mi = mrow[i]
+                                e = 2 * (base + mi)
+                                wj[i] = tab[e]
+                                pj[i] = tab[e + 1] * (((mi | arow[i]) >> j) & 1)
+                        else:
+                            for i in range(nr):
+                                wj[i] = tab[base + mrow[i]]
                     else:
                         for i in range(nr):
                             wj[i] = wr[j, i]
+                        if split:
+                            for i in range(nr):
+                                pj[i] = pr[j, i]
                     f = feat[s + j]
                     for k in range(n_sel):
                         orow = out[k, f, r0:r1]
                         if uniform[k]:
                             v = vs[k]
-                            if v != 0.0:
+                            if v == 0.0:
+                                continue
+                            if split:
+                                prow = pout[k, f, r0:r1]
+                                for i in range(nr):
+                                    orow[i] += wj[i] * v
+                                    prow[i] += pj[i] * v
+                            else:
                                 for i in range(nr):
                                     orow[i] += wj[i] * v
                         else:
                             vk = vv[k]
-                            for i in range(nr):
-                                orow[i] += wj[i] * vk[i]
+                            if split:
+                                prow = pout[k, f, r0:r1]
+                                for i in range(nr):
+                                    orow[i] += wj[i] * vk[i]
+                                    prow[i] += pj[i] * vk[i]
+                            else:
+                                for i in range(nr):
+                                    orow[i] += wj[i] * vk[i]
 
 
 @nb.njit(parallel=True, cache=True)
-def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, pat, cnt, n_unique):
-    """Distinct background patterns per path (sorted) with their counts, at offset ``p * n_bg``."""
+def _pair_kernel(
+    XT, depth, e_feat, e_thr, e_left, e_nan, e_pos, e_rep, e_path, tree_ptr, max_depth, tree_out,
+    ptr, feat, val, osel, bg_stride, bg_n, bg_pat, order, start, wtab, tile, out,
+):  # fmt: skip
+    """Interventional SHAP values of every (row, background row) pair toward one output per row (``osel``).
+
+    ``out[i, b, f]`` gets the pair's terms (not averaged over the background); background patterns unweighted.
+    """
+    n = XT.shape[1]
+    n_bg = out.shape[1]
+    n_out = val.shape[1]
+    n_tiles = (n + tile - 1) // tile
+    for ti in nb.prange(n_tiles):
+        r0 = ti * tile
+        r1 = min(n, r0 + tile)
+        nr = r1 - r0
+        mstack = np.zeros((max_depth + 1, nr), np.int64)
+        nothing = np.zeros((max_depth + 1, 1), np.int64)
+        present = np.zeros(n_out, np.bool_)
+        for i in range(nr):
+            present[osel[r0 + i]] = True
+        for t in range(tree_ptr.shape[0] - 1):
+            to = tree_out[t]
+            if to == -2 or (to >= 0 and not present[to]):
+                continue
+            for e in range(tree_ptr[t], tree_ptr[t + 1]):
+                dep = depth[e]
+                if dep > 0:
+                    _step(XT, r0, nr, e_feat[e], e_thr[e], e_left[e], e_nan[e], e_pos[e], e_rep[e], mstack[dep - 1],
+                          mstack[dep], nothing[0], nothing[0], False)
+                p = e_path[e]
+                if p < 0:
+                    continue
+                s = ptr[p]
+                d = ptr[p + 1] - s
+                if d == 0:
+                    continue
+                full = (np.int64(1) << d) - 1
+                b0 = p * bg_stride
+                nu = bg_n[p]
+                mrow = mstack[dep]
+                for i in range(nr):
+                    v = val[p, osel[r0 + i]]
+                    if v == 0.0:
+                        continue
+                    m = mrow[i]
+                    nb_x = d - _popcount(m)
+                    for u in range(nu):
+                        pu = bg_pat[b0 + u]
+                        if (m | pu) != full:
+                            continue
+                        a = m & ~pu
+                        sa = _popcount(a)
+                        nn = sa + nb_x
+                        if nn == 0:
+                            continue
+                        wa = wtab[sa - 1, nn] * v if sa > 0 else 0.0
+                        wb = wtab[sa, nn] * v
+                        q0 = start[b0 + u]
+                        q1 = start[b0 + u + 1] if u + 1 < nu else n_bg
+                        for j in range(d):
+                            if (a >> j) & 1:
+                                c = wa
+                            elif not ((m >> j) & 1):
+                                c = -wb
+                            else:
+                                continue
+                            f = feat[s + j]
+                            for q in range(q0, q1):
+                                out[r0 + i, order[b0 + q], f] += c
+
+
+@nb.njit(cache=True)
+def _sort_pairs(tp, tq, idx):
+    """Order ``idx`` by ``(tp, tq)`` (stable): by ``tp``, then within runs of equal ``tp`` by ``tq``."""
+    n = tp.shape[0]
+    first = np.argsort(tp, kind="mergesort")
+    for q in range(n):
+        idx[q] = first[q]
+    a0 = 0
+    while a0 < n:
+        a1 = a0 + 1
+        while a1 < n and tp[idx[a1]] == tp[idx[a0]]:
+            a1 += 1
+        if a1 - a0 > 1:
+            sub = idx[a0:a1].copy()
+            o = np.argsort(tq[sub], kind="mergesort")
+            for q in range(a1 - a0):
+                idx[a0 + q] = sub[o[q]]
+        a0 = a1
+
+
+@nb.njit(parallel=True, cache=True)
+def _bg_kernel(B, ptr, feat, lo, hi, nan_ok, split, rows, pat, abv, cnt, n_unique, order, start):
+    """Distinct background patterns per path (sorted), at offset ``p * n_bg``.
+
+    ``pat``: bit j set iff the row satisfies feature j's interval; with ``split`` also ``abv``: bit j set iff the
+    row lies above it (NaN never does), and patterns are distinct pairs ``(pat, abv)``. ``cnt``: how many rows
+    have the pattern. With ``rows``, ``order`` lists the rows sorted by pattern and ``start`` where each pattern's
+    rows begin.
+    """
     n_bg = B.shape[0]
     for p in nb.prange(ptr.shape[0] - 1):
         s = ptr[p]
         d = ptr[p + 1] - s
-        tmp = np.zeros(n_bg, np.int64)
+        tp = np.zeros(n_bg, np.int64)
+        tq = np.zeros(n_bg, np.int64)
         for b in range(n_bg):
-            mm = 0
+            mm = np.int64(0)
+            qq = np.int64(0)
             for j in range(d):
                 x = B[b, feat[s + j]]
                 ok = ((x > lo[s + j]) & (x <= hi[s + j])) | (nan_ok[s + j] & (x != x))
                 mm |= np.int64(ok) << j
-            tmp[b] = mm
-        tmp.sort()
+                if split:
+                    qq |= np.int64(x > hi[s + j]) << j
+            tp[b] = mm
+            tq[b] = qq
         base = p * n_bg
-        u = 0
-        for b in range(n_bg):
-            if b == 0 or tmp[b] != tmp[b - 1]:
-                pat[base + u] = tmp[b]
-                cnt[base + u] = 1.0
-                u += 1
+        u = -1
+        if rows or (split and 2 * d > 62):
+            idx = np.empty(n_bg, np.int64)
+            if split:
+                _sort_pairs(tp, tq, idx)
             else:
-                cnt[base + u - 1] += 1.0
-        n_unique[p] = u
+                first = np.argsort(tp, kind="mergesort")
+                for q in range(n_bg):
+                    idx[q] = first[q]
+            for q in range(n_bg):
+                b = idx[q]
+                if rows:
+                    order[base + q] = b
+                if u < 0 or tp[b] != pat[base + u] or tq[b] != abv[base + u]:
+                    u += 1
+                    pat[base + u] = tp[b]
+                    abv[base + u] = tq[b]
+                    cnt[base + u] = 1.0
+                    start[base + u] = q
+                else:
+                    cnt[base + u] += 1.0
+        else:  # no order wanted: sort the packed keys
+            for b in range(n_bg):
+                tp[b] |= tq[b] << d
+            tp.sort()
+            mask = (np.int64(1) << d) - 1
+            for q in range(n_bg):
+                if u < 0 or tp[q] != tp[q - 1]:
+                    u += 1
+                    pat[base + u] = tp[q] & mask
+                    abv[base + u] = tp[q] >> d
+                    cnt[base + u] = 1.0
+                else:
+                    cnt[base + u] += 1.0
+        n_unique[p] = u + 1
+
+
+#: largest dense (group, pattern) histogram of a path in :func:`_group_kernel` (else keys are sorted)
+HIST_MAX = 1 << 16
+
+
+@nb.njit(parallel=True, cache=True)
+def _group_kernel(XT, ptr, feat, lo, hi, nan_ok, val, own, groups, n_groups, p_lo, p_hi, bg_stride, bg_n, bg_pat,
+                  wtab, g_ptr, n_threads, G):
+    """Per path of ``p_lo:p_hi``, the sums over each group's rows of their pairs' terms, per background pattern.
+
+    Stored at ``G[g_ptr[p − p_lo] + (k · U_p + u) · d + j]`` (group ``k``, distinct background pattern ``u``).
+
+    The rows are first reduced to their distinct (group, pattern) with summed leaf values (a dense histogram when
+    ``n_groups · 2^d ≤ HIST_MAX``, else sorted keys), so the pairs' weights are computed once per distinct
+    (group, row pattern, background pattern).
+    """
+    n = XT.shape[1]
+    for t in nb.prange(n_threads):
+        pats = np.empty(n, np.int64)
+        hist = np.zeros(HIST_MAX)
+        seen = np.zeros(HIST_MAX, np.bool_)
+        touched = np.empty(n, np.int64)
+        keys = np.empty(n, np.int64)
+        wts = np.empty(n)
+        merged = np.empty(n)
+        for p in range(p_lo + t, p_hi, n_threads):
+            s = ptr[p]
+            d = ptr[p + 1] - s
+            nu = bg_n[p]
+            if d == 0 or nu == 0:
+                continue
+            for i in range(n):
+                pats[i] = np.int64(groups[i]) << d
+            for j in range(d):  # feature by feature over contiguous rows of XT
+                xf = XT[feat[s + j]]
+                lj, hj, nj = lo[s + j], hi[s + j], nan_ok[s + j]
+                for i in range(n):
+                    x = xf[i]
+                    pats[i] |= np.int64(((x > lj) & (x <= hj)) | (nj & (x != x))) << j
+            cnt = 0
+            for i in range(n):
+                v = val[p, own[i]]
+                if v != 0.0:
+                    keys[cnt] = pats[i]
+                    wts[cnt] = v
+                    cnt += 1
+            if cnt == 0:
+                continue
+            n_keys = 0
+            if (np.int64(n_groups) << d) <= HIST_MAX:  # dense histogram, reset where touched
+                for q in range(cnt):
+                    key = keys[q]
+                    if not seen[key]:
+                        seen[key] = True
+                        touched[n_keys] = key
+                        n_keys += 1
+                    hist[key] += wts[q]
+                for q in range(n_keys):
+                    key = touched[q]
+                    keys[q] = key
+                    wts[q] = hist[key]
+                    hist[key] = 0.0
+                    seen[key] = False
+            else:  # sorted keys, runs summed
+                order = np.argsort(keys[:cnt])
+                for q in range(cnt):
+                    key = keys[order[q]]
+                    if n_keys > 0 and touched[n_keys - 1] == key:
+                        merged[n_keys - 1] += wts[order[q]]
+                    else:
+                        touched[n_keys] = key
+                        merged[n_keys] = wts[order[q]]
+                        n_keys += 1
+                for q in range(n_keys):
+                    keys[q] = touched[q]
+                    wts[q] = merged[q]
+            full = (np.int64(1) << d) - 1
+            base = g_ptr[p - p_lo]
+            b0 = p * bg_stride
+            for q in range(n_keys):
+                c = wts[q]
+                if c == 0.0:
+                    continue
+                m = keys[q] & full
+                k = keys[q] >> d
+                nb_x = d - _popcount(m)
+                for u in range(nu):
+                    pu = bg_pat[b0 + u]
+                    if (m | pu) != full:
+                        continue
+                    a = m & ~pu
+                    sa = _popcount(a)
+                    nn = sa + nb_x
+                    if nn == 0:
+                        continue
+                    wa = wtab[sa - 1, nn] * c if sa > 0 else 0.0
+                    wb = wtab[sa, nn] * c
+                    off = base + (k * nu + u) * d
+                    for j in range(d):
+                        if (a >> j) & 1:
+                            G[off + j] += wa
+                        elif not ((m >> j) & 1):
+                            G[off + j] -= wb
+
+
+@nb.njit(parallel=True, cache=True)
+def _group_scatter_kernel(ptr, feat, p_lo, p_hi, bg_stride, bg_n, pattern_of, g_ptr, G, S):
+    """``S[k, b, f] += G[…, (k, u, j)]`` for every background row ``b`` (its pattern ``u`` on each path).
+
+    Parallel over groups, paths outermost: a path's sums and a group's ``B × F`` slice of ``S`` stay in cache.
+    """
+    n_groups, n_bg = S.shape[0], S.shape[1]
+    for k in nb.prange(n_groups):
+        Sk = S[k]
+        for p in range(p_lo, p_hi):
+            nu = bg_n[p]
+            s = ptr[p]
+            d = ptr[p + 1] - s
+            if nu == 0 or d == 0:
+                continue
+            base = g_ptr[p - p_lo] + k * nu * d
+            pb = p * bg_stride
+            for b in range(n_bg):
+                off = base + pattern_of[pb + b] * d
+                for j in range(d):
+                    Sk[b, feat[s + j]] += G[off + j]
+
+
+@nb.njit(cache=True)
+def _patterns_of_rows(bg_n, order, start, n_bg, out):
+    """``out[p * n_bg + b]`` = index of background row ``b``'s distinct pattern on path ``p``."""
+    for p in range(bg_n.shape[0]):
+        nu = bg_n[p]
+        base = p * n_bg
+        for u in range(nu):
+            q1 = start[base + u + 1] if u + 1 < nu else n_bg
+            for q in range(start[base + u], q1):
+                out[base + order[base + q]] = u
 
 
 @nb.njit(parallel=True, cache=True)
@@ -545,19 +888,42 @@ def expected_value(paths, background: np.ndarray | None = None) -> np.ndarray:
     return predict(paths, background).mean(axis=0)
 
 
-def _background_patterns(paths, background: np.ndarray | None):
-    """``(mode, bg_stride, bg_n, bg_pat, bg_cnt, 1/n_bg)`` for the kernels."""
+@dataclass
+class _Background:
+    """Background patterns per path for the kernels (see :func:`_bg_kernel`); ``mode`` 0: path-dependent."""
+
+    mode: int
+    stride: int
+    n_unique: np.ndarray
+    pat: np.ndarray
+    abv: np.ndarray
+    cnt: np.ndarray
+    inv_n: float
+    order: np.ndarray
+    start: np.ndarray
+
+    def args(self) -> tuple:
+        """``(mode, bg_stride, bg_n, bg_pat, bg_abv, bg_cnt, inv_nbg)`` in the kernels' order."""
+        return self.mode, self.stride, self.n_unique, self.pat, self.abv, self.cnt, self.inv_n
+
+
+def _background_patterns(paths, background: np.ndarray | None, *, split: bool = False,
+                         rows: bool = False) -> _Background:
+    """The kernels' background (``None``: path-dependent); ``rows``: also the rows of each pattern."""
     if background is None:
-        return 0, 0, np.zeros(paths.n_paths, np.int64), np.zeros(1, np.int64), np.zeros(1), 1.0
+        none = np.zeros(1, np.int64)
+        return _Background(0, 0, np.zeros(paths.n_paths, np.int64), none, none, np.zeros(1), 1.0, none, none)
     B = _as_float64(background, paths.n_features, "background")
     if B.shape[0] == 0:
         raise ValueError("The background is empty.")
     n_bg = B.shape[0]
-    pat = np.zeros(paths.n_paths * n_bg, np.int64)
-    cnt = np.zeros(paths.n_paths * n_bg)
+    size = paths.n_paths * n_bg
+    pat, abv, order, start = (np.zeros(size, np.int64) for _ in range(4))
+    cnt = np.zeros(size)
     n_unique = np.zeros(paths.n_paths, np.int64)
-    _bg_kernel(B, paths.path_ptr, paths.feature, paths.lower, paths.upper, paths.nan_ok, pat, cnt, n_unique)
-    return 1, n_bg, n_unique, pat, cnt, 1.0 / n_bg
+    _bg_kernel(B, paths.path_ptr, paths.feature, paths.lower, paths.upper, paths.nan_ok, split, rows, pat, abv, cnt,
+               n_unique, order, start)
+    return _Background(1, n_bg, n_unique, pat, abv, cnt, 1.0 / n_bg, order, start)
 
 
 def _tree_chunks(tree_paths_ptr: np.ndarray, sizes: np.ndarray, n_chunks_min: int) -> list[tuple[int, int]]:
@@ -583,6 +949,72 @@ def _tree_outputs(paths) -> np.ndarray:
     np.logical_or.at(nonzero, paths.path_tree, paths.leaf_value != 0)
     count = nonzero.sum(axis=1)
     return np.where(count == 0, -2, np.where(count == 1, nonzero.argmax(axis=1), -1)).astype(np.int64)
+
+
+def _prepare(paths, X: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    check_depth(paths)
+    X = _as_float64(X, paths.n_features)
+    outputs = np.ascontiguousarray(np.asarray(outputs, dtype=np.int64).reshape(X.shape[0], -1))
+    if outputs.size and (outputs.min() < 0 or outputs.max() >= paths.n_outputs):
+        raise ValueError(f"`outputs` must index the model's {paths.n_outputs} outputs.")
+    return X, outputs
+
+
+def _walk(paths) -> tuple:
+    return _traversal(
+        paths.node_left, paths.node_right, paths.node_feature, paths.node_threshold, paths.node_nan_left,
+        paths.node_path, paths.tree_root,
+    )  # fmt: skip
+
+
+def _explain(paths, X, outputs, bg: _Background, *, table, progress,
+             split: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """SHAP values ``n × C × F`` (and their presence part with ``split``) of prepared rows against ``bg``."""
+    n, n_sel = outputs.shape
+    result = np.zeros((n, n_sel, paths.n_features))
+    presence = np.zeros_like(result) if split else None
+    if n == 0 or paths.n_paths == 0:
+        return result, presence
+    tree_out = _tree_outputs(paths)
+    # rows sorted by their explained output: trees of other classes (boosting) are skipped per tile
+    order = np.lexsort(outputs.T[::-1])
+    XT = np.ascontiguousarray(X[order].T)
+    osel = np.ascontiguousarray(outputs[order].T)
+    walk = _walk(paths)
+    lengths = paths.path_length
+    capped = np.minimum(lengths, TABLE_MAX_FEATURES)
+    if table is None:
+        use_table = (lengths > 0) & (lengths <= TABLE_MAX_FEATURES) & ((1 << capped) <= n)
+    else:
+        use_table = (lengths > 0) & (lengths <= TABLE_MAX_FEATURES) & bool(table)
+    sizes = np.where(use_table, lengths.astype(np.int64) << capped, 0)
+    tree_paths_ptr = np.searchsorted(paths.path_tree, np.arange(paths.n_trees + 1))
+    dmax = max(paths.max_unique_features, 1)
+    # rows per tile: at least 4 tiles per thread, and the tile's outputs within 512 KiB (cache)
+    tile_cap = (1 << 16) // max(n_sel * paths.n_features * (2 if split else 1), 1)
+    tile = int(np.clip(min(-(-n // (4 * nb.get_num_threads())), tile_cap), 16, 1024))
+    out = np.zeros((n_sel, paths.n_features, n))
+    pout = np.zeros_like(out) if split else np.zeros((1, 1, 1))
+    chunks = _tree_chunks(tree_paths_ptr, sizes * (2 if split else 1), 8 if progress is not None else 1)
+    bg_args = bg.args()
+    for t_lo, t_hi in progress(chunks) if progress is not None else chunks:
+        p_lo, p_hi = tree_paths_ptr[t_lo], tree_paths_ptr[t_hi]
+        chunk_sizes = sizes[p_lo:p_hi]
+        tab_ptr = np.full(paths.n_paths, -1, np.int64)
+        tab_ptr[p_lo:p_hi] = np.where(use_table[p_lo:p_hi], np.cumsum(chunk_sizes) - chunk_sizes, -1)
+        tab = np.empty(max(int(chunk_sizes.sum()) * (2 if split else 1), 1))
+        if chunk_sizes.any() and bg.mode == 0:
+            _pd_table_kernel(paths.path_ptr, paths.zero_fraction, p_lo, p_hi, tab_ptr, tab, _GL_X, _GL_W)
+        elif chunk_sizes.any():
+            _iv_table_kernel(paths.path_ptr, p_lo, p_hi, tab_ptr, tab, split, *bg_args[1:], _W)
+        _attr_kernel(
+            XT, *walk, tree_out, paths.path_ptr, paths.feature, paths.zero_fraction, paths.leaf_value, osel,
+            t_lo, t_hi, tab_ptr, tab, *bg_args, _W, _GL_X, _GL_W, tile, dmax, split, out, pout,
+        )  # fmt: skip
+    result[order] = out.transpose(2, 0, 1)
+    if split:
+        presence[order] = pout.transpose(2, 0, 1)
+    return result, presence
 
 
 def shap_values(
@@ -616,56 +1048,119 @@ def shap_values(
     -------
     ``n × C × n_features`` float64 SHAP values: ``values.sum(-1) == f(x)[outputs] − expected_value[outputs]``.
     """
-    check_depth(paths)
-    X = _as_float64(X, paths.n_features)
-    outputs = np.ascontiguousarray(np.asarray(outputs, dtype=np.int64).reshape(X.shape[0], -1))
-    n, n_sel = outputs.shape
-    if outputs.size and (outputs.min() < 0 or outputs.max() >= paths.n_outputs):
-        raise ValueError(f"`outputs` must index the model's {paths.n_outputs} outputs.")
-    result = np.zeros((n, n_sel, paths.n_features))
+    X, outputs = _prepare(paths, X, outputs)
+    return _explain(paths, X, outputs, _background_patterns(paths, background), table=table, progress=progress,
+                    split=False)[0]
+
+
+def split_values(
+    paths,
+    X: np.ndarray,
+    outputs: np.ndarray,
+    *,
+    background: np.ndarray,
+    table: bool | None = None,
+    progress: Progress = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interventional SHAP values and their *presence* part, in one pass.
+
+    Each (row, background row) pair's term of feature j goes to presence when the row's value is the larger one,
+    x_j > b_j (a missing value counts as the smallest); the rest is absence. Trees see a feature only through its
+    intervals, so the sign is read from them: a term of j exists only when one of x, b lies in the path's
+    interval of j and the other outside, and then x is the larger iff b lies below the interval or x above it.
+
+    Returns
+    -------
+    ``(values, presence)``, both ``n × C × n_features`` float64; arguments as in :func:`shap_values`.
+    """
+    if background is None:
+        raise ValueError("The presence split of the engine is interventional: pass `background`.")
+    X, outputs = _prepare(paths, X, outputs)
+    bg = _background_patterns(paths, background, split=True)
+    values, presence = _explain(paths, X, outputs, bg, table=table, progress=progress, split=True)
+    return values, presence
+
+
+def pair_values(paths, X: np.ndarray, outputs: np.ndarray, *, background: np.ndarray) -> np.ndarray:
+    """Interventional SHAP values of every (row, background row) pair toward one output per row.
+
+    Parameters
+    ----------
+    outputs
+        ``n`` output indices (one per row).
+
+    Returns
+    -------
+    ``n × B × n_features`` float64 values φ_ib; their mean over ``b`` is :func:`shap_values` against the whole
+    background, and each pair sums to ``f(x_i) − f(b)`` of its output.
+    """
+    X, outputs = _prepare(paths, X, outputs)
+    if outputs.shape[1] != 1:
+        raise ValueError("`pair_values` explains one output per row: pass `outputs` of shape (n,) or (n, 1).")
+    bg = _background_patterns(paths, background, rows=True)
+    n = X.shape[0]
+    out = np.zeros((n, bg.stride, paths.n_features))
     if n == 0 or paths.n_paths == 0:
-        return result
-    # rows sorted by their explained output: trees of other classes (boosting) are skipped per tile
-    order = np.lexsort(outputs.T[::-1])
-    XT = np.ascontiguousarray(X[order].T)
-    osel = np.ascontiguousarray(outputs[order].T)
-    bg_args = _background_patterns(paths, background)
-    walk = _traversal(
-        paths.node_left, paths.node_right, paths.node_feature, paths.node_threshold, paths.node_nan_left,
-        paths.node_path, paths.tree_root,
+        return out
+    tile = int(np.clip(-(-n // (4 * nb.get_num_threads())), 1, 64))
+    _pair_kernel(
+        np.ascontiguousarray(X.T), *_walk(paths), _tree_outputs(paths), paths.path_ptr, paths.feature,
+        paths.leaf_value, np.ascontiguousarray(outputs[:, 0]), bg.stride, bg.n_unique, bg.pat, bg.order, bg.start,
+        _W, tile, out,
     )  # fmt: skip
-    lengths = paths.path_length
-    capped = np.minimum(lengths, TABLE_MAX_FEATURES)
-    if table is None:
-        use_table = (lengths > 0) & (lengths <= TABLE_MAX_FEATURES) & ((1 << capped) <= n)
-    else:
-        use_table = (lengths > 0) & (lengths <= TABLE_MAX_FEATURES) & bool(table)
-    sizes = np.where(use_table, lengths.astype(np.int64) << capped, 0)
-    tree_paths_ptr = np.searchsorted(paths.path_tree, np.arange(paths.n_trees + 1))
-    dmax = max(paths.max_unique_features, 1)
-    # rows per tile: at least 4 tiles per thread, and the tile's outputs within 512 KiB (cache)
-    tile_cap = (1 << 16) // max(n_sel * paths.n_features, 1)
-    tile = int(np.clip(min(-(-n // (4 * nb.get_num_threads())), tile_cap), 16, 1024))
-    out = np.zeros((n_sel, paths.n_features, n))
-    tree_out = _tree_outputs(paths)
-    chunks = _tree_chunks(tree_paths_ptr, sizes, 8 if progress is not None else 1)
-    for t_lo, t_hi in progress(chunks) if progress is not None else chunks:
-        p_lo, p_hi = tree_paths_ptr[t_lo], tree_paths_ptr[t_hi]
-        chunk_sizes = sizes[p_lo:p_hi]
-        tab_ptr = np.full(paths.n_paths, -1, np.int64)
-        tab_ptr[p_lo:p_hi] = np.where(use_table[p_lo:p_hi], np.cumsum(chunk_sizes) - chunk_sizes, -1)
-        tab = np.empty(max(int(chunk_sizes.sum()), 1))
-        args = (*bg_args, _W, _GL_X, _GL_W)
-        if chunk_sizes.any() and background is None:
-            _pd_table_kernel(paths.path_ptr, paths.zero_fraction, p_lo, p_hi, tab_ptr, tab, _GL_X, _GL_W)
-        elif chunk_sizes.any():
-            _iv_table_kernel(paths.path_ptr, p_lo, p_hi, tab_ptr, tab, *bg_args[1:], _W)
-        _attr_kernel(
-            XT, *walk, tree_out, paths.path_ptr, paths.feature, paths.zero_fraction, paths.leaf_value, osel,
-            t_lo, t_hi, tab_ptr, tab, *args, tile, dmax, out,
-        )  # fmt: skip
-    result[order] = out.transpose(2, 0, 1)
-    return result
+    return out
+
+
+#: float64 elements of the per-path group sums kept at once by :func:`group_sums` (paths are processed in chunks)
+GROUP_BUDGET = 1 << 23
+
+
+def group_sums(paths, X: np.ndarray, outputs: np.ndarray, groups: np.ndarray, n_groups: int, *,
+               background: np.ndarray) -> np.ndarray:
+    """Per-(group, background row) sums of the pairs' interventional SHAP values, ``S[k, b] = Σ_{i∈k} φ_ib``.
+
+    Without forming the pairs: per path, the rows are reduced to their distinct (group, pattern) with summed leaf
+    values, the pair weights are computed once per distinct (group, row pattern, background pattern), and
+    scattered to the background rows of each pattern.
+
+    Parameters
+    ----------
+    outputs
+        ``n`` output indices (one per row).
+    groups
+        ``n`` group codes in ``[0, n_groups)``.
+
+    Returns
+    -------
+    ``n_groups × B × n_features`` float64; ``S.sum(1) / B`` is the sum of :func:`shap_values` over each group.
+    """
+    X, outputs = _prepare(paths, X, outputs)
+    if outputs.shape[1] != 1:
+        raise ValueError("`group_sums` explains one output per row: pass `outputs` of shape (n,) or (n, 1).")
+    groups = np.ascontiguousarray(groups, dtype=np.int64)
+    bg = _background_patterns(paths, background, rows=True)
+    n_bg = bg.stride
+    S = np.zeros((n_groups, n_bg, paths.n_features))
+    if X.shape[0] == 0 or paths.n_paths == 0:
+        return S
+    if n_groups > 1 and paths.max_unique_features + int(np.ceil(np.log2(n_groups))) > MAX_PATH_FEATURES:
+        raise ValueError(f"{n_groups} groups and paths of {paths.max_unique_features} features exceed the "
+                         "engine's 62-bit keys; use fewer groups or shallower trees.")
+    pattern_of = np.zeros(paths.n_paths * n_bg, np.int64)
+    _patterns_of_rows(bg.n_unique, bg.order, bg.start, n_bg, pattern_of)
+    sizes = n_groups * bg.n_unique * paths.path_length
+    bounds = np.searchsorted(np.cumsum(sizes), np.arange(1, -(-int(sizes.sum()) // GROUP_BUDGET) + 1) * GROUP_BUDGET)
+    edges = np.unique(np.concatenate([[0], np.minimum(bounds + 1, paths.n_paths), [paths.n_paths]]))
+    threads = nb.get_num_threads()
+    XT = np.ascontiguousarray(X.T)
+    for p_lo, p_hi in itertools.pairwise(edges):
+        g_ptr = np.concatenate([[0], np.cumsum(sizes[p_lo:p_hi])]).astype(np.int64)
+        G = np.zeros(max(int(g_ptr[-1]), 1))
+        _group_kernel(XT, paths.path_ptr, paths.feature, paths.lower, paths.upper, paths.nan_ok, paths.leaf_value,
+                      np.ascontiguousarray(outputs[:, 0]), groups, n_groups, p_lo, p_hi, n_bg, bg.n_unique, bg.pat,
+                      _W, g_ptr, threads, G)
+        _group_scatter_kernel(paths.path_ptr, paths.feature, p_lo, p_hi, n_bg, bg.n_unique, pattern_of, g_ptr, G, S)
+    return S
 
 
 def interaction_values(paths, X: np.ndarray, outputs: np.ndarray) -> np.ndarray:

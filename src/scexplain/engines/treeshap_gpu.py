@@ -8,7 +8,9 @@ processed in tiles of rows × paths sized to a memory budget:
   products over the other features by exclusive prefix/suffix cumulative products, summed with the Gauss–Legendre
   weights (⌈d/2⌉ nodes, exact); interactions exclude a second feature the same way;
 - interventional: per (row, path, background row) the sets A (only x satisfies) and B (only r satisfies), the
-  Shapley weights W(|A| − 1, n) / −W(|A|, n) looked up in a table, averaged over the background;
+  Shapley weights W(|A| − 1, n) / −W(|A|, n) looked up in a table, averaged over the background; the pairs'
+  terms are also split by sign (presence: the row's value is the larger), kept per pair, or summed per (group of
+  rows, background row);
 - contributions are scattered into rows × outputs × features with one ``bincount`` per tile (float64).
 
 See :mod:`scexplain.engines.treeshap_cpu` for the formulas.
@@ -23,7 +25,10 @@ import numpy as np
 
 from .treeshap_cpu import check_depth, gauss_legendre_table, shapley_weight_table
 
-__all__ = ["cuda_available", "expected_value", "get_cupy", "interaction_values", "predict", "shap_values"]
+__all__ = [
+    "cuda_available", "expected_value", "get_cupy", "group_sums", "interaction_values", "pair_values", "predict",
+    "shap_values", "split_values",
+]
 
 #: Default number of float64 elements of the largest intermediate array of one tile.
 DEFAULT_BUDGET = 1 << 24
@@ -123,8 +128,19 @@ def _pd_weights(xp, o, z, d: int):
     return dz * (_exclusive_products(xp, F, axis=2) * wq).sum(axis=-1)
 
 
-def _iv_weights(xp, o_x, o_b, wtab):
-    """Interventional weights ``rows × paths × d`` from row and background patterns (``paths × B × d``)."""
+def _above(xp, X, b: _Bucket, p0: int, p1: int):
+    """``rows × paths × d`` booleans: the value lies above the feature's interval (NaN never does)."""
+    f = b.feature[p0:p1]
+    xg = X[:, f.ravel()].reshape(X.shape[0], p1 - p0, b.d)
+    return xg > b.upper[p0:p1]
+
+
+def _iv_pair_weights(xp, o_x, o_b, wtab, a_x=None, a_b=None):
+    """Interventional weights of every (row, path, background row, feature): ``rows × paths × B × d``.
+
+    With the above-bits ``a_x`` (rows × paths × d) and ``a_b`` (paths × B × d), also the presence part: the terms
+    where the row's value is the larger one (b below an interval x lies in, or x above an interval b lies in).
+    """
     ox = o_x[:, :, None, :]
     a = ox & ~o_b[None]  # only x satisfies
     fails_x = ~o_x  # = B wherever the pair is compatible
@@ -132,10 +148,13 @@ def _iv_weights(xp, o_x, o_b, wtab):
     s = a.sum(axis=-1)
     nbx = fails_x.sum(axis=-1)[:, :, None]
     n = s + nbx
-    wa = wtab[xp.maximum(s - 1, 0), n] * (s > 0)
-    wb = wtab[s, n]
+    wa = wtab[xp.maximum(s - 1, 0), n] * (s > 0) * compat
+    wb = wtab[s, n] * compat
     w = a * wa[..., None] - fails_x[:, :, None, :] * wb[..., None]
-    return (w * compat[..., None]).mean(axis=2)
+    if a_x is None:
+        return w, None
+    pw = (a & ~a_b[None]) * wa[..., None] - (fails_x & a_x)[:, :, None, :] * wb[..., None]
+    return w, pw
 
 
 def _scatter(xp, out_flat, contrib, outputs_cols: int, features, n_features: int, extra: int = 1):
@@ -177,17 +196,33 @@ def _prepare(xp, paths, X, outputs):
     return X, outputs
 
 
-def _run(xp, paths, X, outputs, *, background, budget, progress, interactions: bool) -> np.ndarray:
+def _run(xp, paths, X, outputs, *, background, budget, progress, interactions: bool = False, split: bool = False,
+         pairs: bool = False, groups=None, n_groups: int = 0):
+    """The engine: values ``n × C × F`` (or interactions), with ``split`` also their presence part.
+
+    ``pairs``: per-pair values ``n × B × F`` instead; ``groups``: per-(group, background row) sums ``K × B × F``
+    (both with one output per row).
+    """
     X, outputs = _prepare(xp, paths, X, outputs)
     n, C = outputs.shape
     F = paths.n_features
     extra = 2 if interactions else 1
-    result = np.zeros((n, C) + (F,) * extra)
-    if n == 0 or paths.n_paths == 0:
-        return result
     bg = None if background is None else xp.asarray(np.ascontiguousarray(background, dtype=np.float64))
     if bg is not None and (bg.ndim != 2 or bg.shape[1] != F or bg.shape[0] == 0):
         raise ValueError(f"background has shape {tuple(bg.shape)}; expected B × {F} with B ≥ 1.")
+    n_bg = 0 if bg is None else bg.shape[0]
+    per_pair_mode = pairs or groups is not None
+    if per_pair_mode and C != 1:
+        raise ValueError("Per-pair values and group sums explain one output per row: pass `outputs` of shape (n,).")
+    if pairs:
+        result = np.zeros((n, n_bg, F))
+    elif groups is not None:
+        result = np.zeros((n_groups, n_bg, F))
+    else:
+        result = np.zeros((n, C) + (F,) * extra)
+    presence = np.zeros_like(result) if split else None
+    if n == 0 or paths.n_paths == 0:
+        return (result, presence) if split else result
     wtab = xp.asarray(shapley_weight_table())
     work = []
     for b in _buckets(xp, paths):
@@ -197,14 +232,20 @@ def _run(xp, paths, X, outputs, *, background, budget, progress, interactions: b
         d = b.d
         per_pair = d * ((d + 1) // 2 + 1) * (d if interactions else 1) + d * C * extra
         if bg is not None:
-            per_pair = max(per_pair, bg.shape[0] * (d + 2))
+            per_pair = max(per_pair, bg.shape[0] * (d + 2) * (3 if split or per_pair_mode else 1))
         n_paths = len(b.idx)
         r_tile = int(max(1, min(len(rows), budget // max(per_pair * min(n_paths, 64), 1))))
         p_tile = int(max(1, min(n_paths, budget // max(per_pair * r_tile, 1))))
         for r0 in range(0, len(rows), r_tile):
             r_idx = rows[r0 : r0 + r_tile]
             Xr = xp.asarray(X[r_idx])
-            out_flat = xp.zeros(len(r_idx) * C * F**extra)
+            if per_pair_mode:
+                lead = len(r_idx) * n_bg if pairs else n_groups * n_bg
+                out_flat = xp.zeros(lead * F)
+                row_of = xp.arange(len(r_idx)) if pairs else xp.asarray(np.asarray(groups)[r_idx])
+            else:
+                out_flat = xp.zeros(len(r_idx) * C * F**extra)
+            pres_flat = xp.zeros_like(out_flat) if split else None
             out_cols = xp.asarray(outputs[r_idx])
             for p0 in range(0, n_paths, p_tile):
                 p1 = min(n_paths, p0 + p_tile)
@@ -213,16 +254,45 @@ def _run(xp, paths, X, outputs, *, background, budget, progress, interactions: b
                 v = b.value[p0:p1][:, out_cols].transpose(1, 0, 2)  # rows × paths × C
                 if interactions:
                     contrib = _pd_interactions(xp, o.astype(np.float64), z, d)[..., None] * v[:, :, None, None, :]
+                    _scatter(xp, out_flat, contrib, C, b.feature[p0:p1], F, extra)
+                    continue
+                if bg is None:
+                    w = _pd_weights(xp, o.astype(np.float64), z, d)
+                    _scatter(xp, out_flat, w[..., None] * v[:, :, None, :], C, b.feature[p0:p1], F)
+                    continue
+                o_b = _satisfied(xp, bg, b, p0, p1).transpose(1, 0, 2)
+                above = (_above(xp, Xr, b, p0, p1), _above(xp, bg, b, p0, p1).transpose(1, 0, 2)) if split else ()
+                w, pw = _iv_pair_weights(xp, o, o_b, wtab, *above)
+                if per_pair_mode:  # rows × paths × B × d, scattered by (row or group, background row, feature)
+                    vv = v[:, :, 0][:, :, None, None]
+                    _scatter_pairs(xp, out_flat, w * vv, row_of, n_bg, b.feature[p0:p1], F)
+                    if split:
+                        _scatter_pairs(xp, pres_flat, pw * vv, row_of, n_bg, b.feature[p0:p1], F)
                 else:
-                    if bg is None:
-                        w = _pd_weights(xp, o.astype(np.float64), z, d)
-                    else:
-                        o_b = _satisfied(xp, bg, b, p0, p1).transpose(1, 0, 2)
-                        w = _iv_weights(xp, o, o_b, wtab)
-                    contrib = w[..., None] * v[:, :, None, :]
-                _scatter(xp, out_flat, contrib, C, b.feature[p0:p1], F, extra)
-            result[r_idx] += _host(out_flat).reshape((len(r_idx), C) + (F,) * extra)
-    return result
+                    _scatter(xp, out_flat, w.mean(axis=2)[..., None] * v[:, :, None, :], C, b.feature[p0:p1], F)
+                    if split:
+                        _scatter(xp, pres_flat, pw.mean(axis=2)[..., None] * v[:, :, None, :], C,
+                                 b.feature[p0:p1], F)
+            if groups is not None:
+                result += _host(out_flat).reshape(result.shape)
+                if split:
+                    presence += _host(pres_flat).reshape(result.shape)
+            else:
+                shape = (len(r_idx), *result.shape[1:])
+                result[r_idx] += _host(out_flat).reshape(shape)
+                if split:
+                    presence[r_idx] += _host(pres_flat).reshape(shape)
+    return (result, presence) if split else result
+
+
+def _scatter_pairs(xp, out_flat, contrib, row_of, n_bg: int, features, n_features: int):
+    """Add ``contrib`` (rows × paths × B × d) into the flat (row_of[row] × B × F) output with bincount."""
+    R, _, B, _ = contrib.shape
+    r = row_of.reshape(R, 1, 1, 1)
+    b = xp.arange(B).reshape(1, 1, B, 1)
+    f = features[None, :, None, :]
+    index = (r * n_bg + b) * n_features + f
+    out_flat += xp.bincount(index.ravel(), weights=contrib.ravel(), minlength=out_flat.size)
 
 
 def _pd_interactions(xp, o, z, d: int):
@@ -260,6 +330,41 @@ def shap_values(
     """
     return _run(_xp(xp), paths, X, outputs, background=background, budget=memory_budget, progress=progress,
                 interactions=False)
+
+
+def split_values(
+    paths,
+    X: np.ndarray,
+    outputs: np.ndarray,
+    *,
+    background: np.ndarray,
+    xp: ModuleType | None = None,
+    memory_budget: int = DEFAULT_BUDGET,
+    progress: Progress = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interventional SHAP values and their presence part: ``(values, presence)``, ``n × C × F`` each.
+
+    See the CPU engine's :func:`~scexplain.engines.treeshap_cpu.split_values`.
+    """
+    if background is None:
+        raise ValueError("The presence split of the engine is interventional: pass `background`.")
+    return _run(_xp(xp), paths, X, outputs, background=background, budget=memory_budget, progress=progress,
+                split=True)
+
+
+def pair_values(paths, X: np.ndarray, outputs: np.ndarray, *, background: np.ndarray,
+                xp: ModuleType | None = None, memory_budget: int = DEFAULT_BUDGET) -> np.ndarray:
+    """Per-pair interventional SHAP values ``n × B × F`` toward one output per row (``outputs``: ``n``)."""
+    return _run(_xp(xp), paths, X, np.asarray(outputs).reshape(-1, 1), background=background, budget=memory_budget,
+                progress=None, pairs=True)
+
+
+def group_sums(paths, X: np.ndarray, outputs: np.ndarray, groups: np.ndarray, n_groups: int, *,
+               background: np.ndarray, xp: ModuleType | None = None, memory_budget: int = DEFAULT_BUDGET
+               ) -> np.ndarray:
+    """Per-(group, background row) sums of the pairs' SHAP values, ``K × B × F`` (``outputs``, ``groups``: ``n``)."""
+    return _run(_xp(xp), paths, X, np.asarray(outputs).reshape(-1, 1), background=background, budget=memory_budget,
+                progress=None, groups=np.asarray(groups, dtype=np.int64), n_groups=int(n_groups))
 
 
 def interaction_values(

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 
 from .. import _inputs, _store
 from .._docs import doc_params
 from .._keys import Key
-from ._blocks import BlockOutput, is_dask, map_reduce
-from ._driver import OwnTargets, _group_tables, own_targets
+from ._blocks import is_dask, map_reduce
+from ._bootstrap import BootstrapSpec, summarise
+from ._driver import _group_tables, own_targets
+from ._tree_blocks import GenesPart, TreeBlocks, check_no_inf
 
 __all__ = ["tree_shap_gpu"]
 
@@ -78,14 +80,6 @@ def _model_columns(paths, feature_names: list[str], use_rep: str | None) -> np.n
     return None
 
 
-def _check_no_inf(X, what: str) -> None:
-    data = X.data if sparse.issparse(X) else X
-    if hasattr(data, "compute"):
-        data = data.compute()
-    if np.isinf(np.asarray(data)).any():
-        raise ValueError(f"The {what} contains infinite values; trees accept finite values and NaN (missing) only.")
-
-
 def _rows(X, rows, cols, paths) -> np.ndarray:
     """Dense rows of ``X`` at the model's columns, rounded as the model compares them."""
     sub = _inputs.dense_rows(X, rows, np.float64)
@@ -116,20 +110,6 @@ def _engine(device: str):
     return treeshap_cpu, "cpu"
 
 
-def _engine_module(name: str):
-    """The engine module of a device name (``"cpu"``: Numba, ``"cuda"``: CuPy)."""
-    from ..engines import treeshap_cpu, treeshap_gpu
-
-    return treeshap_gpu if name == "cuda" else treeshap_cpu
-
-
-def _call(engine, fn: str, *args, **kwargs):
-    """Call an engine function; the GPU engine gets CuPy as its array module."""
-    if engine.__name__.endswith("treeshap_gpu"):
-        kwargs["xp"] = engine.get_cupy()
-    return getattr(engine, fn)(*args, **kwargs)
-
-
 def _background(X, cols, paths, *, background, n_background, groups, random_state, use_rep, layer):
     """Background rows (prepared for the model) and their obs indices when drawn from ``adata``."""
     if background is None:  # draw from adata; NaN is allowed for trees
@@ -148,14 +128,48 @@ def _background(X, cols, paths, *, background, n_background, groups, random_stat
     return paths.prepare_input(bg), idx
 
 
+def _gene_background(side, X_genes, background, bg_idx, layer):
+    """The background cells' gene rows (``to_genes``): rows of ``adata`` or of a background AnnData."""
+    if bg_idx is not None:
+        return _inputs.dense_rows(X_genes, bg_idx, np.float64)
+    if isinstance(background, AnnData):
+        return _inputs.dense_rows(side.matrix_of(background), None, np.float64)
+    raise ValueError(
+        "`to_genes=True` needs the background cells' genes: pass `background=` as cells of `adata` (a boolean mask "
+        "or integer indices) or as an AnnData holding both the embedding and the genes, not as an array."
+    )
+
+
+def _bootstrap_spec(n_bootstrap, ci_level, n_top, *, interventional: bool, groupby, random_state):
+    if n_bootstrap is None or (isinstance(n_bootstrap, int | np.integer) and not isinstance(n_bootstrap, bool)
+                               and n_bootstrap == 0):
+        return None
+    if not interventional:
+        raise ValueError(
+            "`n_bootstrap` resamples the background cells, which path-dependent TreeSHAP has none of: use "
+            "feature_perturbation='interventional' (or leave n_bootstrap=None)."
+        )
+    if groupby is None:
+        raise ValueError("`n_bootstrap` bootstraps the per-group summaries: pass `groupby=`.")
+    seed = int(np.random.SeedSequence(random_state).entropy) if random_state is not None else \
+        int(np.random.SeedSequence().entropy)
+    return BootstrapSpec(n_bootstrap, seed, float(ci_level), n_top)
+
+
 @doc_params(
     use_rep="""use_rep
     Key of ``adata.obsm`` with the embedding the model was trained on (e.g. ``"X_pca"``, ``"X_scVI"``);
     ``None`` explains genes (``adata.X`` or ``layer``).""",
+    layer="""layer
+    Genes explained (``use_rep=None``), or with ``to_genes=True`` the gene matrix the embedding was computed
+    from (PCA: default the layer in ``uns["pca"]["params"]``, else ``adata.X``; scVI: the model's counts
+    layer); ``None``: ``adata.X``.""",
     background="""background
-    Interventional mode only: reference cells, as an AnnData (with the same embedding or genes), a cells ×
-    features array, or a boolean mask or integer indices over ``adata``'s cells; ``None`` draws ``n_background``
-    cells of ``adata`` stratified by ``groupby``.""",
+    Reference cells, as an AnnData (with the same embedding or genes, and with ``to_genes`` both), a cells ×
+    features array (not with ``to_genes``), or a boolean mask or integer indices over ``adata``'s cells; ``None``
+    draws ``n_background`` cells of ``adata`` stratified by ``groupby``. Interventional TreeSHAP explains each
+    cell against them; path-dependent TreeSHAP uses them only as the reference of the presence split and of
+    ``to_genes`` (its values rest on the trees' covers).""",
     output_names="""output_names
     Names of the model's outputs in order; default: the model's classes (unless they are the codes
     ``0 … K-1``), else the ``groupby`` categories when their number matches, else ``"0"``, ``"1"``, ….""",
@@ -171,6 +185,11 @@ def tree_shap_gpu(
     feature_perturbation: Literal["tree_path_dependent", "interventional"] = "tree_path_dependent",
     background=None,
     n_background: int = 100,
+    to_genes: bool = False,
+    encoder=None,
+    n_bootstrap: int | None = None,
+    ci_level: float = 0.95,
+    n_top: int = 20,
     interactions: bool = False,
     output_names: Sequence[str] | None = None,
     keep_all: bool = False,
@@ -190,6 +209,17 @@ def tree_shap_gpu(
     Runs on the GPU with CuPy when one is visible, else on all CPU cores with Numba. NaN inputs follow each
     split's default (missing-value) direction, as the model does.
 
+    Every result is split into *presence* (the part from features above the reference) and *absence* (the rest;
+    ``presence + absence`` is the attribution exactly). Interventional: each (cell, background cell) pair's term of
+    feature j goes to presence when x_j > b_j (trees read the sign off the split intervals; a missing value that
+    does not follow a path counts as below its interval). Path-dependent: by the sign of x_j − mean(background).
+
+    With ``to_genes=True`` (and ``use_rep``), the embedding's attributions are carried back to genes through the
+    embedding's map, DeepSHAP-style (see :mod:`scexplain.tl._tree_genes`): ``X_pca`` through its loadings
+    (``varm["PCs"]``; exact, the map is linear), a scVI/scANVI latent space through the encoder's DeepLIFT
+    multipliers (``encoder=``). Per cell the gene attributions sum to the dimensions' ones, f(z) − E[f]. This
+    explains the *embedding* (which genes drive the tree through the embedding), not a model of the genes.
+
     Model outputs: class probabilities (averaged over trees) for scikit-learn tree and forest classifiers; the
     raw margin (log-odds per class) for gradient boosting (scikit-learn, XGBoost, LightGBM); the prediction for
     regressors. A binary boosted classifier has one margin (log-odds of its second class); here it gets two
@@ -207,10 +237,23 @@ def tree_shap_gpu(
     {groupby}
     {target}
     feature_perturbation
-        ``"tree_path_dependent"`` (the covers of the training data stand for the missing features; no background)
-        or ``"interventional"`` (missing features take the values of background cells).
+        ``"tree_path_dependent"`` (the covers of the training data stand for the missing features) or
+        ``"interventional"`` (missing features take the values of background cells).
     {background}
     {n_background}
+    to_genes
+        Also attribute to genes, through the map of ``use_rep`` (``X_pca`` or ``encoder``); see above and Returns.
+    encoder
+        With ``to_genes``: the scvi-tools ``SCVI``/``SCANVI`` model whose latent means are ``adata.obsm[use_rep]``
+        (e.g. ``model.get_latent_representation()`` stored as ``"X_scVI"``).
+    n_bootstrap
+        Interventional mode with ``groupby``: bootstrap replicates of the group summaries, from partial sums kept
+        in the one pass (cells resampled by a Poisson bootstrap seeded by cell index, background cells with
+        replacement; see :mod:`scexplain.tl._bootstrap`); ``None`` or ``0``: none.
+    ci_level
+        Level of the percentile intervals ``ci_low``/``ci_high`` (bootstrap).
+    n_top
+        ``rank_stability`` is the fraction of replicates in which a feature is among its group's top ``n_top``.
     interactions
         Also compute SHAP interaction values toward each cell's own target (path-dependent mode); they need
         cells × features² memory, so explain an embedding (``use_rep``) rather than thousands of genes.
@@ -233,16 +276,24 @@ def tree_shap_gpu(
     layout 2, see :doc:`/storage`), values toward each cell's own target (its ``groupby`` label when the labels
     are outputs, else the prediction; a single-output model's only output):
 
-    - with ``use_rep``: ``obsm[key]`` cells × dims (float32), ``obsm[key + "_summary"]`` (the per-cell summary
-      below), ``uns[key]["feature_names"]`` (``PC1`` … for ``X_pca``, ``{{use_rep}}_1`` … for other
-      embeddings), ``uns[key]["group_tables"]["mean"]`` and ``["mean_abs"]`` (dims × groups, signed and absolute
-      mean of each group's cells, columns in the order of ``uns[key]["groups"]``);
-    - on genes: ``layers[key]`` cells × genes, ``varm[key]`` and ``varm[key + "_mean_abs"]`` genes × groups, and
-      ``obsm[key]``, a per-cell DataFrame (``output`` f(x), ``expected_value``, ``sum_attributions``,
-      ``abs_error``);
+    - with ``use_rep``: ``obsm[key]`` cells × dims (float32), ``obsm[key + "_presence"]`` its presence part,
+      ``obsm[key + "_summary"]`` (the per-cell summary below), ``uns[key]["feature_names"]`` (``PC1`` … for
+      ``X_pca``, ``{{use_rep}}_1`` … for other embeddings), ``uns[key]["group_tables"]`` ``"mean"``,
+      ``"mean_abs"``, ``"presence"`` (dims × groups: signed, absolute and presence part of the mean of each
+      group's cells, columns in the order of ``uns[key]["groups"]``);
+    - on genes: ``layers[key]`` cells × genes, ``layers[key + "_presence"]``, ``varm[key]``,
+      ``varm[key + "_mean_abs"]`` and ``varm[key + "_presence"]`` genes × groups, and ``obsm[key]``, a per-cell
+      DataFrame (``output`` f(x), ``expected_value``, ``sum_attributions``, ``abs_error``);
+    - ``to_genes=True``: both — the gene-level result in ``layers``/``varm`` as on genes (rankings on genes), the
+      embedding's in ``obsm[key]``, ``obsm[key + "_presence"]``, ``obsm[key + "_summary"]``,
+      ``uns[key]["feature_names"]`` and ``uns[key]["group_tables"]``;
+    - ``n_bootstrap``: the tables ``ci_low``, ``ci_high``, ``rank_stability`` beside the others (``varm[key +
+      "_ci_low"]`` … on genes, ``uns[key]["group_tables"]`` on dims) and ``uns[key]["params"]["bootstrap"]``;
     - ``uns[key]``: ``params``, ``layout``, ``output_names``, ``groups``, ``expected_value`` (per output),
-      ``additivity`` (``max_abs_error``, ``median_abs_error`` of Σφ + E − f(x)) and ``names``/``scores``
-      rankings of the signed group means, readable by ``sc.get.rank_genes_groups_df(adata, group, key=key)``;
+      ``additivity`` (``max_abs_error``, ``median_abs_error`` of Σφ + E − f(x); with ``to_genes`` also
+      ``genes_max_relative_error``, ``genes_median_relative_error`` of Σ_genes against Σ_dims, and
+      ``genes_fallback_pairs``) and ``names``/``scores`` rankings of the signed group means, readable by
+      ``sc.get.rank_genes_groups_df(adata, group, key=key)``;
     - ``interactions=True``: ``uns[key]["interactions"]`` (cells × features × features, float32),
       ``uns[key]["interactions_mean_abs"]`` (features × features) over ``uns[key]["interaction_features"]``;
     - ``keep_all=True``: on genes ``layers[key + "_out{{j}}"]`` per explained output ``j`` of
@@ -261,7 +312,20 @@ def tree_shap_gpu(
     (700, 50)
     >>> adata.uns["tree_shap"]["feature_names"][:2].tolist()
     ['PC1', 'PC2']
+
+    Back to genes through a PCA computed on the log-normalised genes:
+
+    >>> import scanpy as sc
+    >>> sc.pp.pca(adata, n_comps=20, layer="lognorm")
+    >>> rf = rf.fit(adata.obsm["X_pca"], adata.obs["bulk_labels"])
+    >>> sx.tl.tree_shap_gpu(adata, rf, use_rep="X_pca", to_genes=True, groupby="bulk_labels",
+    ...                     key_added="genes", progress=False)
+    >>> adata.layers["genes"].shape, adata.obsm["genes"].shape
+    ((700, 765), (700, 20))
+    >>> bool(adata.uns["genes"]["additivity"]["genes_max_relative_error"] < 1e-5)
+    True
     """
+    from ..engines.treeshap_cpu import check_depth
     from ..models._trees import tree_paths
 
     # 1. validate everything before computing
@@ -271,21 +335,25 @@ def tree_shap_gpu(
     interventional = feature_perturbation == "interventional"
     if interactions and interventional:
         raise ValueError("Interaction values are computed in the 'tree_path_dependent' mode only.")
-    if background is not None and not interventional:
-        raise ValueError("`background` is used with feature_perturbation='interventional' only.")
     if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
+    if to_genes and use_rep is None:
+        raise ValueError("`to_genes=True` carries an embedding's attributions back to genes: pass `use_rep=` (e.g. "
+                         "'X_pca'); a model on genes is explained on genes already.")
+    if encoder is not None and not to_genes:
+        raise ValueError("`encoder=` is the map of the embedding for `to_genes=True`; pass to_genes=True.")
+    _inputs.check_seed(random_state)
+    groups = _inputs.get_groups(adata, groupby)
+    spec = _bootstrap_spec(n_bootstrap, ci_level, n_top, interventional=interventional, groupby=groupby,
+                           random_state=random_state)
     key = Key.default(METHOD, key_added)
     _, device_used = _engine(device)
     paths = tree_paths(model).two_sided()
-    from ..engines.treeshap_cpu import check_depth
-
     check_depth(paths)
-    X, feature_names = _feature_matrix(adata, use_rep, layer)
+    X, feature_names = _feature_matrix(adata, use_rep, None if to_genes else layer)
     cols = _model_columns(paths, feature_names, use_rep)
     if not is_dask(X):  # a dask input is checked block by block, in the one pass over it
-        _check_no_inf(X, f"adata.obsm[{use_rep!r}]" if use_rep is not None else "input matrix")
-    groups = _inputs.get_groups(adata, groupby)
+        check_no_inf(X, f"adata.obsm[{use_rep!r}]" if use_rep is not None else "input matrix")
     out_names = _inputs.resolve_output_names(
         output_names if output_names is not None else paths.output_names, paths.n_outputs, groups
     )
@@ -296,12 +364,14 @@ def tree_shap_gpu(
             f"Interaction values for {n_obs} cells × {n_feat}² features would not fit in memory; explain an "
             "embedding (`use_rep=`), fewer features or fewer cells."
         )
-    bg = bg_idx = None
-    if interventional:
-        bg, bg_idx = _background(
-            X, cols, paths, background=background, n_background=n_background, groups=groups,
-            random_state=random_state, use_rep=use_rep, layer=layer,
-        )  # fmt: skip
+    bg, bg_idx = _background(
+        X, cols, paths, background=background, n_background=n_background, groups=groups,
+        random_state=random_state, use_rep=use_rep, layer=None if to_genes else layer,
+    )  # fmt: skip
+    genes, gene_params = None, None
+    if to_genes:
+        genes, gene_params = _genes_part(adata, X, cols, bg, bg_idx, background=background, use_rep=use_rep,
+                                         encoder=encoder, layer=layer, n_feat=n_feat)
 
     # 2. the block function, over blocks of cells
     label_targets = None
@@ -312,100 +382,98 @@ def tree_shap_gpu(
         except ValueError:
             label_targets = None
     n_listed = 0 if targets.per_cell_mode else len(targets.classes)
-    chunk = batch_size or max(256, _CHUNK_ELEMENTS // (n_feat * (n_listed + 1)))
+    if genes is not None:
+        chunk = batch_size or max(64, _CHUNK_ELEMENTS // (2 * bg.shape[0] * (n_feat + 1)))
+    else:
+        chunk = batch_size or max(256, _CHUNK_ELEMENTS // (n_feat * (n_listed + 2)))
     blocks = TreeBlocks(
-        paths=paths, engine=device_used, cols=cols, n_cols=len(feature_names), background=bg,
+        paths=paths, engine=device_used, cols=cols, n_cols=len(feature_names),
+        background=bg if interventional else None, reference=None if interventional else bg,
         targets=own_targets(targets, label_targets), keep_all=keep_all and n_listed > 0, interactions=interactions,
         codes=None if groups is None else np.asarray(groups.codes), n_groups=0 if groups is None else
-        len(groups.categories), check_rows=is_dask(X),
+        len(groups.categories), check_rows=is_dask(genes.X if genes is not None else X), bootstrap=spec,
+        genes=genes.part if genes is not None else None,
     )  # fmt: skip
-    reduced = map_reduce(X, blocks, block_rows=int(chunk), desc=METHOD, progress=progress)
+    reduced = map_reduce(genes.X if genes is not None else X, blocks, block_rows=int(chunk), desc=METHOD,
+                         progress=progress)
 
     # 3. assemble, then write once
+    params = {
+        "groupby": groupby,
+        "use_rep": use_rep,
+        "layer": layer,
+        "target": target if isinstance(target, str) else [str(t) for t in target],
+        "feature_perturbation": feature_perturbation,
+        "n_background": int(bg.shape[0]),
+        "background_obs_indices": bg_idx,
+        "presence": "pairs: x_j > b_j" if interventional else "x_j > mean(background)",
+        "interactions": bool(interactions),
+        "keep_all": bool(keep_all),
+        "device": device_used,
+        "random_state": random_state,
+        **({"single_output": True} if targets.mode == "single" else {}),
+        **({"to_genes": gene_params} if gene_params is not None else {}),
+        **({"bootstrap": spec.params()} if spec is not None else {}),
+    }
     return _store.write(
         adata,
-        _result(
-            adata, key, paths, reduced, blocks.expected, targets, out_names, groups, feature_names,
-            params={
-                "groupby": groupby,
-                "use_rep": use_rep,
-                "layer": layer,
-                "target": target if isinstance(target, str) else [str(t) for t in target],
-                "feature_perturbation": feature_perturbation,
-                "n_background": None if bg is None else int(bg.shape[0]),
-                "background_obs_indices": bg_idx,
-                "interactions": bool(interactions),
-                "keep_all": bool(keep_all),
-                "device": device_used,
-                "random_state": random_state,
-                **({"single_output": True} if targets.mode == "single" else {}),
-            },
-        ),
+        _result(adata, key, paths, reduced, blocks.expected, targets, out_names, groups, feature_names, spec=spec,
+                n_background=int(bg.shape[0]), to_genes=genes is not None, params=params),
         copy=copy,
     )
 
 
-class TreeBlocks:
-    """Block function of TreeSHAP: predictions, own targets and exact SHAP values of a block of cells.
-
-    Layers: ``"own"`` (cells × matrix columns) and, with ``keep_all``, ``"out{j}"`` per listed output ``j``. Sums
-    (with ``groupby``): ``group_sum``, ``group_abs``, ``group_count``. Per cell: ``summary`` (f(x), expected
-    value, Σφ and |error| of the own target), ``abs`` (max |error| over the explained outputs), ``interactions``.
-    """
-
-    def __init__(self, *, paths, engine: str, cols, n_cols: int, background, targets: OwnTargets, keep_all: bool,
-                 interactions: bool, codes, n_groups: int, check_rows: bool):
-        self.paths, self.engine_name = paths, engine
-        self.cols, self.n_cols = cols, n_cols
-        self.background = background
-        self.targets = targets
-        self.keep_all, self.interactions = keep_all, interactions
-        self.codes, self.n_groups = codes, n_groups
-        self.check_rows = check_rows
-        #: expected value per output (mean over the background, or over the trees' covers)
-        self.expected = np.asarray(_call(_engine_module(engine), "expected_value", paths, background),
-                                   dtype=np.float64)
-        #: blocks this process explained; tests count them
-        self.calls = 0
-
-    def __call__(self, x_block, rows: np.ndarray) -> BlockOutput:
-        engine = _engine_module(self.engine_name)
-        dense = _inputs.dense_rows(x_block, None, np.float64)
-        if self.check_rows:
-            _check_no_inf(dense, "input matrix")
-        x = self.paths.prepare_input(dense if self.cols is None else dense[:, self.cols])
-        fx = np.asarray(_call(engine, "predict", self.paths, x))
-        classes, own_col = self.targets.resolve(rows, fx.argmax(axis=1))
-        phi = _call(engine, "shap_values", self.paths, x, classes, background=self.background)  # n × C × F
-        self.calls += 1
-        i = np.arange(len(rows))
-        own = _inputs.scatter_columns(phi[i, own_col], self.cols, self.n_cols)
-        errors = phi.sum(-1) + self.expected[classes] - np.take_along_axis(fx, classes, axis=1)
-        layers = {"own": own.astype(np.float32)}
-        if self.keep_all:
-            layers.update({f"out{c}": _inputs.scatter_columns(phi[:, j], self.cols, self.n_cols).astype(np.float32)
-                           for j, c in enumerate(self.targets.listed)})
-        own_class = classes[i, own_col]
-        cells = {
-            "summary": np.stack([fx[i, own_class], self.expected[own_class], phi[i, own_col].sum(-1),
-                                 np.abs(errors[i, own_col])], axis=1),
-            "abs": np.abs(errors).max(axis=1),
-        }
-        if self.interactions:
-            cells["interactions"] = _call(engine, "interaction_values", self.paths, x, own_class[:, None])[:, 0]
-        sums: dict[str, np.ndarray] = {}
-        if self.codes is not None:
-            onehot = np.zeros((self.n_groups, len(rows)))
-            onehot[self.codes[rows], i] = 1.0
-            sums = {"group_sum": onehot @ own, "group_abs": onehot @ np.abs(own), "group_count": onehot.sum(axis=1)}
-        return BlockOutput(layers=layers, sums=sums, cells=cells)
+@dataclass
+class _Genes:
+    part: GenesPart
+    X: Any
 
 
-def _result(adata, key, paths, reduced, expected, targets, out_names, groups, feature_names, *,
-            params) -> _store.Result:
+def _genes_part(adata, X, cols, bg, bg_idx, *, background, use_rep, encoder, layer, n_feat):
+    """The gene side of ``to_genes``: the map, the gene matrix, the background's genes; checked on cells."""
+    from ._tree_genes import check_reproduces, gene_map
+
+    model_cols = np.arange(X.shape[1]) if cols is None else np.asarray(cols)
+    side = gene_map(adata, use_rep=use_rep, encoder=encoder, layer=layer, cols=model_cols)
+    emb = _inputs.dense_rows(X, None, np.float64)[:, model_cols]
+    if not np.isfinite(emb).all():
+        raise ValueError(f"`to_genes=True` needs a finite embedding; adata.obsm[{use_rep!r}] has NaN.")
+    if not is_dask(side.X):
+        _inputs.check_finite(side.X, side.where)
+    bg_genes = _gene_background(side, side.X, background, bg_idx, layer)
+    # the map must give the stored embedding (PCA: up to the centre μ·L, estimated on adata's own cells)
+    probe = bg_idx if bg_idx is not None else np.arange(min(adata.n_obs, 1024))
+    probe_genes = bg_genes if bg_idx is not None else _inputs.dense_rows(side.X, probe, np.float64)
+    cov = side.cov
+    offset = check_reproduces(side.gmap, probe_genes, None if cov is None else cov[probe], emb[probe], None,
+                              use_rep=use_rep, where=side.where)
+    if bg_idx is None:  # an external background AnnData: its embedding must come from the same map
+        bg_cov = None
+        if cov is not None:
+            bg_cov = side.gmap.adapter.covariates(background, None)
+            bg_cov = None if bg_cov is None else bg_cov.detach().cpu().double().numpy()
+        check_reproduces(side.gmap, bg_genes, bg_cov, _feature_matrix(background, use_rep, None)[0][:, model_cols],
+                         offset, use_rep=use_rep, where=f"the background's {side.where}")
+    part = GenesPart(gmap=side.gmap, embedding=emb, cov=cov, background=bg_genes, offset=offset, pos=side.pos,
+                     n_vars=adata.n_vars, use_rep=use_rep, where=side.where)
+    return _Genes(part, side.X), side.params
+
+
+def _tables(sums, groups, spec, n_background, prefix: str):
+    """Group tables (``mean``, ``mean_abs``, ``presence`` and the bootstrap's) of the sums under ``prefix``."""
+    names = {Key.table.mean: f"{prefix}group_sum", Key.table.mean_abs: f"{prefix}group_abs",
+             Key.table.presence: f"{prefix}group_presence"}
+    tables, group_names = _group_tables(sums, groups, names)
+    if spec is not None and tables:
+        tables.update(summarise(spec, sums[f"{prefix}boot_T"], sums[f"{prefix}boot_V"], sums[f"{prefix}boot_S"],
+                                sums["group_count"], n_background))
+    return tables, group_names
+
+
+def _result(adata, key, paths, reduced, expected, targets, out_names, groups, feature_names, *, spec,
+            n_background, to_genes, params) -> _store.Result:
     """Build the :class:`~scexplain._store.Result` from the combined blocks."""
-    values = reduced.layers["own"]
-    cells = reduced.cells
+    cells, sums = reduced.cells, reduced.sums
     uns: dict[str, Any] = {
         Key.uns.output_names: out_names,
         Key.uns.expected_value: expected,
@@ -429,20 +497,40 @@ def _result(adata, key, paths, reduced, expected, targets, out_names, groups, fe
         else:
             uns["values"] = np.stack([np.asarray(kept[c]) for c in sorted(kept)], axis=2)
             uns["values_outputs"] = np.asarray(sorted(kept), dtype=np.int64)
-    tables, group_names = _group_tables(reduced.sums, groups, {Key.table.mean: "group_sum",
-                                                               Key.table.mean_abs: "group_abs"})
+    tables, group_names = _tables(sums, groups, spec, n_background, "")
     summary = pd.DataFrame(cells["summary"], index=adata.obs_names,
                            columns=["output", "expected_value", "sum_attributions", "abs_error"])
     logger.info("%s: max additivity error %.3g", METHOD, uns[Key.uns.additivity]["max_abs_error"])
+    obsm_extra: dict[str, Any] = {}
+    if to_genes:
+        dims_tables, _ = _tables(sums, groups, spec, n_background, "dims_")
+        uns[Key.uns.feature_names] = list(feature_names)
+        if dims_tables:
+            uns[Key.uns.group_tables] = dims_tables
+        rel = cells["genes_rel"]
+        uns[Key.uns.additivity].update({"genes_max_relative_error": float(np.max(rel)),
+                                        "genes_median_relative_error": float(np.median(rel)),
+                                        "genes_fallback_pairs": int(sums.get("fallback_pairs", [0])[0])})
+        logger.info("%s: genes sum to the dimensions within %.3g (relative)", METHOD, float(np.max(rel)))
+        obsm_extra = {Key.cell_summary(key): summary,
+                      Key.presence_layer(key): np.asarray(reduced.layers["dims_presence"], dtype=np.float32)}
+        values, obsm = reduced.layers["own"], reduced.layers["dims"]
+    else:
+        values = reduced.layers["own"]
+        obsm = summary if genes else values
+        if not genes:
+            obsm_extra = {Key.cell_summary(key): summary}
+    on_genes = genes or to_genes
     return _store.Result(
         method=METHOD,
         key=key,
         params={**params, "model_class": paths.model_class, "output_kind": paths.output_kind,
                 "versions": _store.versions()},
-        layer=values if genes else None,
-        obsm=summary if genes else values,
-        obsm_extra={} if genes else {Key.cell_summary(key): summary},
-        features=None if genes else list(feature_names),
+        layer=values if on_genes else None,
+        presence=reduced.layers["presence"],
+        obsm=obsm,
+        obsm_extra=obsm_extra,
+        features=None if on_genes else list(feature_names),
         groups=group_names,
         group_tables=tables,
         ranking=None if not tables else (tables[Key.table.mean], group_names),
