@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import scexplain as sx
 from _galaxy import check_assertions, load_tool, render_template
 
 GALAXY = Path(__file__).resolve().parents[1] / "galaxy"
@@ -31,7 +32,7 @@ def test_the_suite_has_a_tool_per_command():
         assert command.get("detect_errors") == "exit_code"
         assert "--threads ${GALAXY_SLOTS:-1}" in render_template(tool.command, _dummy_namespace(tool))
         assert [r.text for r in tool.root.iter("requirement")] == ["scexplain"]
-        assert tool.root.get("version").startswith("0.1.0+galaxy")
+        assert tool.root.get("version").startswith(f"{sx.__version__}+galaxy")
 
 
 def _dummy_namespace(tool):

@@ -5,8 +5,8 @@ process SCEXPLAIN_DEEPSHAP {
     conda "${moduleDir}/environment.yml"
     // scexplain is not on bioconda yet: build the containers from environment.yml (Seqera Containers / wave)
     container "${ workflow.containerEngine in ['singularity', 'apptainer'] && !task.ext.singularity_pull_docker_container ?
-        'oras://community.wave.seqera.io/library/pip_scexplain:0.1.0' :
-        'community.wave.seqera.io/library/pip_scexplain:0.1.0' }"
+        'oras://community.wave.seqera.io/library/pip_scexplain:0.2.0' :
+        'community.wave.seqera.io/library/pip_scexplain:0.2.0' }"
 
     input:
     tuple val(meta), path(h5ad)
