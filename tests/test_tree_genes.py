@@ -201,7 +201,7 @@ def test_background_anndata_with_genes_equals_background_indices(pbmc, forest):
                                atol=1e-7)
     wrong = pbmc[bg].copy()
     wrong.X = wrong.X[::-1].copy()  # its embedding no longer comes from its genes
-    with pytest.raises(ValueError, match="the background's adata.X"):
+    with pytest.raises(ValueError, match=r"the background's adata\.X"):
         sx.tl.tree_shap_gpu(cells, forest, use_rep="X_pca", to_genes=True, groupby="bulk_labels",
                             feature_perturbation="interventional", background=wrong, progress=False)
 

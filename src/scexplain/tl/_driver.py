@@ -286,9 +286,7 @@ class CellBlocks(_Blocks):
                 bg_sums = s if bg_sums is None else bg_sums + s
             if out.output is not None and out.reference is not None:
                 checked = True
-                fx = out.output.detach().cpu().double().numpy()
-                ref = out.reference.detach().cpu().double().numpy()
-                delta, err = fx - ref, attr.sum(-1) - (fx - ref)
+                fx, ref, delta, err = _summation_errors(out, attr)
                 rel[part] = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
                 err_abs[part] = np.abs(err).max(axis=1)
                 summary[part] = np.stack([fx[i, own_col], ref[i, own_col], attr[i, own_col].sum(-1),
@@ -352,9 +350,7 @@ class LatentBlocks(_Blocks):
                 presence_all[part] = self.presence(out, attr, x_all[part])
             if out.output is not None and out.reference is not None:
                 checked = True
-                fx = out.output.detach().cpu().double().numpy()
-                ref = out.reference.detach().cpu().double().numpy()
-                delta, err = fx - ref, attr.sum(-1) - (fx - ref)
+                _, ref, delta, err = _summation_errors(out, attr)
                 rel[part] = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(delta, axis=1), 1e-12)
                 err_abs[part] = np.abs(err).max(axis=1)
                 expected[part] = ref
@@ -369,6 +365,13 @@ class LatentBlocks(_Blocks):
 
 
 # --- the driver ------------------------------------------------------------------------------------------------------
+def _summation_errors(out: EngineOutput, attr: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(f(x), reference, f(x) − reference, Σ attributions − (f(x) − reference))`` of one call, float64."""
+    fx = out.output.detach().cpu().double().numpy()
+    ref = out.reference.detach().cpu().double().numpy()
+    return fx, ref, fx - ref, attr.sum(-1) - (fx - ref)
+
+
 def explain_cells(
     adata: AnnData,
     model,
