@@ -160,7 +160,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/scexplain-scale"))
     parser.add_argument("--in-memory-max", type=int, default=100_000, help="largest atlas also run in memory")
-    parser.add_argument("--cluster-max", type=int, default=300_000, help="largest atlas also run lazily in one process and on a cluster")
+    parser.add_argument("--cluster-max", type=int, default=300_000,
+                        help="largest atlas also run lazily in one process and on a cluster")
+    parser.add_argument("--modes", default="cli,memory,lazy,cluster", help="which runs (comma-separated)")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     import torch
@@ -175,16 +177,22 @@ def main(argv=None) -> None:
     for n in args.sizes:
         atlas = make_atlas(args.workdir / f"atlas_{n}.zarr", n)
         out = args.workdir / f"out_{n}.zarr"
-        rate = gemm_rate()
-        wall, rss, _ = _run([sys.executable, "-m", "scexplain.cli", "deep-shap", "--input", str(atlas), "--output",
-                             str(out), "--model", str(model), "--groupby", "cell_type", "--n-background",
-                             str(N_BACKGROUND), "--batch-size", str(BATCH), "--threads", "2"])
-        floor = floor_seconds(n, rate)
-        row = {"cells": n, "cli_gflops": rate / 1e9, "cli_floor_s": floor, "cli_s": wall, "cli_rss_gib": rss,
-               "cli_floor_x": wall / floor}
+        modes = args.modes.split(",")
+        print(f"\n{n:>9,} cells × {N_GENES} genes", flush=True)
+        row = {"cells": n}
+        if "cli" in modes:
+            rate = gemm_rate()
+            wall, rss, _ = _run([sys.executable, "-m", "scexplain.cli", "deep-shap", "--input", str(atlas), "--output",
+                                 str(out), "--model", str(model), "--groupby", "cell_type", "--n-background",
+                                 str(N_BACKGROUND), "--batch-size", str(BATCH), "--threads", "2"])
+            floor = floor_seconds(n, rate)
+            row.update({"cli_gflops": rate / 1e9, "cli_floor_s": floor, "cli_s": wall, "cli_rss_gib": rss,
+                        "cli_floor_x": wall / floor})
+            print(f"  CLI (zarr → zarr)        {wall:8.1f} s  {n / wall:8.0f} cells/s  {wall / floor:.2f}× floor "
+                  f"({floor:.1f} s at {rate / 1e9:.0f} GFLOP/s)  peak RSS {rss:.2f} GiB", flush=True)
         for mode, limit in (("memory", args.in_memory_max), ("lazy", args.cluster_max),
                             ("cluster", args.cluster_max)):
-            if n > limit:
+            if n > limit or mode not in modes:
                 continue
             rate = gemm_rate()
             _, rss_mode, text = _run([sys.executable, "-c", _WORKER, str(atlas), mode, str(model)],
@@ -194,31 +202,24 @@ def main(argv=None) -> None:
             row[f"{mode}_floor_s"] = floor_seconds(n, rate)
             row[f"{mode}_rss_gib"] = rss_mode
             row[f"{mode}_err"] = res["max_relative_error"]
+            print(f"  {LABELS[mode]:<24} {res['seconds']:8.1f} s  {n / res['seconds']:8.0f} cells/s  "
+                  f"{res['seconds'] / floor_seconds(n, rate):.2f}× floor  peak RSS {rss_mode:.2f} GiB  "
+                  f"additivity {res['max_relative_error']:.1e}", flush=True)
+        if "cluster_s" in row and "lazy_s" in row:
+            print(f"  LocalCluster / one 2-thread process: {row['cluster_s'] / row['lazy_s']:.2f}×", flush=True)
         rows.append(row)
-        _print(row)
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-    if len(rows) > 1:
+    if sum("cli_s" in r for r in rows) > 1:
+        rows = [r for r in rows if "cli_s" in r]
         per_cell = [r["cli_s"] / r["cells"] for r in rows]
         print(f"linearity: CLI seconds per 1000 cells {', '.join(f'{1e3 * p:.3f}' for p in per_cell)} "
               f"(largest / smallest = {per_cell[-1] / per_cell[0]:.2f})")
     print(json.dumps(rows))
 
 
-def _print(r: dict) -> None:
-    n = r["cells"]
-    print(f"\n{n:>9,} cells × {N_GENES} genes")
-    print(f"  CLI (zarr → zarr)        {r['cli_s']:8.1f} s  {n / r['cli_s']:8.0f} cells/s  "
-          f"{r['cli_floor_x']:.2f}× floor ({r['cli_floor_s']:.1f} s at {r['cli_gflops']:.0f} GFLOP/s)  "
-          f"peak RSS {r['cli_rss_gib']:.2f} GiB")
-    for mode, label in (("memory", "tl, in memory"), ("lazy", "tl, lazy zarr, 1 proc"), ("cluster", "tl, LocalCluster 2×1")):
-        if f"{mode}_s" in r:
-            s = r[f"{mode}_s"]
-            print(f"  {label:<24} {s:8.1f} s  {n / s:8.0f} cells/s  {s / r[f'{mode}_floor_s']:.2f}× floor  "
-                  f"peak RSS {r[f'{mode}_rss_gib']:.2f} GiB  additivity {r[f'{mode}_err']:.1e}")
-    if "cluster_s" in r and "lazy_s" in r:
-        print(f"  LocalCluster / one 2-thread process: {r['cluster_s'] / r['lazy_s']:.2f}×")
+LABELS = {"memory": "tl, in memory", "lazy": "tl, lazy zarr, 1 proc", "cluster": "tl, LocalCluster 2×1"}
 
 
 if __name__ == "__main__":
