@@ -59,29 +59,30 @@ def linear_sums(head: Tensor, weights: list[tuple[Tensor, Tensor]], x: Tensor, b
     --------
     >>> import torch
     >>> w = torch.tensor([[1.0, -2.0]])  # one output, two genes
-    >>> x, bg = torch.tensor([[3.0, 1.0]]), torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    >>> x, bg = torch.tensor([[3.0, 1.0]]), torch.tensor([[1.0, 2.0], [2.0, 0.0]])
     >>> u = torch.cat([x, bg])  # h is the identity
     >>> out = linear_sums(torch.ones(1, 1, 1), [(u, w)], x, bg, SumsRequest(split=True))
     >>> out.phi / 2  # w ⊙ (x − mean_b b)
-    tensor([[[ 1.5000, -1.0000]]])
+    tensor([[[1.5000, -0.0000]]])
     >>> out.presence / 2  # gene 2: only the second background cell is below the cell
     tensor([[[ 1.5000, -1.0000]]])
     """
     n, n_bg = x.shape[0], bg.shape[0]
-    n_classes = head.shape[1]
-    phi = x.new_zeros(n, n_classes, x.shape[1])
-    presence = torch.zeros_like(phi) if request.split else None
-    sums = x.new_zeros(request.n_groups, n_bg, x.shape[1]) if request.sums else None
+    phi = presence = sums = None
     below = _Below(x, bg) if request.split else None
     for u, w in weights:
         u_x, u_b = u[:n], u[n:]
         eff = head @ w  # rows × C × G
-        phi.add_(eff * (n_bg * u_x - u_b.sum(0)).unsqueeze(1))
-        if presence is not None:
-            presence.add_(eff * below.sums(u_x, u_b).unsqueeze(1))
-        if sums is not None:
-            sums.add_(_group_sums(eff, u_x, u_b, request))
+        phi = _add(phi, eff * (n_bg * u_x - u_b.sum(0)).unsqueeze(1))
+        if below is not None:
+            presence = _add(presence, eff * below.sums(u_x, u_b).unsqueeze(1))
+        if request.sums:
+            sums = _add(sums, _group_sums(eff, u_x, u_b, request))
     return ChunkSums(phi, presence, sums)
+
+
+def _add(total: Tensor | None, part: Tensor) -> Tensor:
+    return part if total is None else total.add_(part)
 
 
 class _Below:
