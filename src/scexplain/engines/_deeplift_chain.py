@@ -307,6 +307,11 @@ class DistinctMultipliers:
         self.head = head  # rows × C × width at the output of the last nonlinearity
         self.rest = rest
 
+    @property
+    def constant(self) -> bool:
+        """Whether the chain has no nonlinearity: the multipliers are :attr:`head` for every pair."""
+        return not self.rest
+
     def block(self, b0: int, b1: int) -> Tensor:
         """Background cells ``b0:b1``: a contiguous ``(b1 − b0) × n × C × width`` tensor."""
         t = self.head.unsqueeze(0)

@@ -35,6 +35,12 @@ from the two rows of each pair, ``(h(z_i) − h(z_b)) / (z_i − z_b)`` per nonl
 gene-level GEMMs. No tensor over all pairs exists at any layer; a model that needs the pairs (the tracker raises
 ``_NotDistinct``) is explained on the pair batch as above, and :class:`BackgroundCache` remembers which.
 
+Linear models: when that chain has no nonlinearity at all (elementwise maps of the genes, then ``Linear`` layers
+and per-column affine maps only: CellTypist's scaling, clip and decision function, scikit-learn's linear
+classifiers), the multipliers are the same for every pair and the sums have a closed form,
+``φ_i = W_eff ⊙ (u_i − mean_b u_b)`` (:mod:`._deeplift_linear`, which also gives the presence part and the
+background sums): no per-pair work.
+
 Besides the attributions, the gene-level sums (:mod:`._deeplift_genes`, which documents their algebra) can give
 the presence part of each attribution (pairs with ``x_g > b_g``; ``split=True``) and per-(group, background cell)
 sums of each cell's own attributions (``groups=``), for a bootstrap over background cells without reruns; both
@@ -55,6 +61,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from ._deeplift_chain import ChainTape, DistinctMultipliers, DistinctStep, TapMultipliers, chain_multipliers
 from ._deeplift_genes import BackgroundCache, ChunkSums, SumsRequest, pair_sums, shortcut_sums
+from ._deeplift_linear import linear_sums
 from ._deeplift_rules import (
     DIVISION,
     ELEMENTWISE,
@@ -79,6 +86,8 @@ Tensor = torch.Tensor
 _CHUNK_ELEMENTS = 2**26
 #: explain models that mix no pairs after the first layer on the distinct rows (tests turn it off to check pairs)
 _DISTINCT = True
+#: explain models linear after the genes' elementwise maps in closed form (tests turn it off to compare)
+_LINEAR = True
 
 class DeepLiftWarning(UserWarning):
     """An op with no DeepLIFT rule was applied to a tensor derived from the explained input.
@@ -631,9 +640,16 @@ class _Shortcut:
             raise ValueError(f"`classes` must be output indices in [0, {n_out}); the model has {n_out} outputs.")
         f_x = values[:n].gather(1, chunk.classes) * nb
         f_bg = values[n:].sum(0)[chunk.classes]
+        if not record.steps and record.tap.dense is not None:  # a linear model of the genes and covariates
+            dense = record.tap.dense.detach().view(2, nb, n, n_out).sum(1)
+            f_x = f_x + dense[0].gather(1, chunk.classes)
+            f_bg = f_bg + dense[1].gather(1, chunk.classes)
         m = DistinctMultipliers(list(record.steps), chunk.classes, n_out, n, nb, values.dtype)
         with torch.no_grad():
-            sums = self._sums(chunk, m, record.tap.weights, 0)
+            if m.constant and _LINEAR:  # no nonlinearity after the genes' elementwise maps: the closed form
+                sums = linear_sums(m.head, record.tap.weights, chunk.x, chunk.bg, chunk.request)
+            else:
+                sums = self._sums(chunk, m, record.tap.weights, 0)
         return sums, f_x, f_bg, list(mode.unruled)
 
     def _sums(self, chunk: _Chunk, m, weights: list[tuple[Tensor, Tensor]], tap: int) -> ChunkSums:
