@@ -132,6 +132,17 @@ def test_vmin_vmax_overrides_and_mirroring(adata4):
     assert ax.collections[0].get_clim() == (-2, 1)
 
 
+def test_small_values_get_a_common_factor_not_colliding_labels(adata4, overlaps):
+    """A colour scale of ±0.005 (latent attributions are often that small) reads ×10⁻³, with short tick labels."""
+    plot, axes = _axes(adata4, n_genes=2, vmax=0.005)
+    cbar = axes["color_legend_ax"]
+    plot.fig.canvas.draw()
+    assert cbar.xaxis.get_offset_text().get_text() != ""  # the common factor
+    assert not any("0.00" in t.get_text() for t in cbar.get_xticklabels())  # not "−0.005", "0.000", ...
+    assert overlaps(plot.fig, inside=False) == []
+    assert _axes(adata4, n_genes=2, vmax=0.5)[1]["color_legend_ax"].xaxis.get_offset_text().get_text() == ""
+
+
 @pytest.mark.parametrize("scale", ["var", "group"])
 def test_standard_scale_is_sequential_0_1(adata4, scale):
     axes = _axes(adata4, n_genes=3, standard_scale=scale)[1]

@@ -124,6 +124,15 @@ def colors_and_limits(values: pd.DataFrame, *, standard_scale, cmap, vmin, vmax)
     return (cmap if cmap is not None else ("RdBu_r" if signed else "Reds")), lo, hi
 
 
+def _common_factor(ax) -> None:
+    """Tick labels of a small colour scale with a common factor (×10⁻³) instead of long labels that collide."""
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter(useMathText=True)
+    formatter.set_powerlimits((-2, 3))
+    ax.xaxis.set_major_formatter(formatter)
+
+
 def colorbar_title(res: StoredResult, groupby: str | None, *, values: str, standard_scale: str | None,
                    latent: bool) -> str:
     """``"DeepSHAP: mean attribution toward own cell type"`` and variants, wrapped for scanpy's legend column."""
@@ -223,6 +232,7 @@ class GroupPlotMixin:
                 return_ax_dict["size_legend_ax"] = ax
             else:
                 self._plot_colorbar(ax, normalize)
+                _common_factor(ax)
                 return_ax_dict["color_legend_ax"] = ax
 
     def make_figure(self) -> None:
