@@ -66,6 +66,29 @@ def test_refuses_to_overwrite_input(files, capsys):
     assert "--output must differ" in capsys.readouterr().err
 
 
+def test_split_and_bootstrap_options_equal_the_python_api(files, capsys):
+    path_in, path_model, path_out, _ = files
+    common = ["deep-shap", "-i", str(path_in), "--model", str(path_model), "--groupby", "cell_type", "--layer",
+              "lognorm", "--n-background", "20"]
+    assert main([*common, "-o", str(path_out), "--n-bootstrap", "8", "--ci-level", "0.9", "--n-top", "5"]) == 0
+    out = ad.read_h5ad(path_out)
+    expected = ad.read_h5ad(path_in)
+    sx.tl.deep_shap(expected, torch.export.load(path_model), groupby="cell_type", layer="lognorm", n_background=20,
+                    n_bootstrap=8, ci_level=0.9, n_top=5, progress=False)
+    for name in ("deep_shap_presence", "deep_shap"):
+        np.testing.assert_array_equal(out.layers[name], expected.layers[name])
+    for table in ("ci_low", "ci_high", "rank_stability"):
+        np.testing.assert_array_equal(out.varm[f"deep_shap_{table}"], expected.varm[f"deep_shap_{table}"])
+    assert out.uns["deep_shap"]["params"]["bootstrap"]["ci_level"] == 0.9
+    plain = path_out.with_name("plain.h5ad")
+    assert main([*common, "-o", str(plain), "--no-split"]) == 0
+    assert "deep_shap_presence" not in ad.read_h5ad(plain).layers
+    capsys.readouterr()
+    assert main([*common, "-o", str(path_out.with_name("bad.h5ad")), "--n-bootstrap", "1"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "n_bootstrap" in err[0]
+
+
 def test_error_exit_1_and_no_output_written(files, capsys):
     path_in, path_model, path_out, _ = files
     rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model),

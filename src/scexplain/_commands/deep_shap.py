@@ -11,6 +11,13 @@ from ._common import add_model_arguments, run_model_explainer
 def _arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, "deep_shap")
     parser.add_argument("--n-background", type=int, default=100, help="background cells (default: 100)")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="do not store the presence/absence split (stored by default)")
+    parser.add_argument("--n-bootstrap", type=int, default=None,
+                        help="bootstrap replicates for intervals and rank stability of the group summaries")
+    parser.add_argument("--ci-level", type=float, default=0.95, help="with --n-bootstrap: interval level (0.95)")
+    parser.add_argument("--n-top", type=int, default=20,
+                        help="with --n-bootstrap: rank stability counts a gene in its group's top N (20)")
 
 
 @register("deep-shap", help="DeepSHAP attributions of a torch or scvi-tools model; AnnData in, AnnData out.")
@@ -18,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     """``scexplain deep-shap``."""
     from ..tl import deep_shap
 
-    return run_model_explainer(args, deep_shap, n_background=args.n_background)
+    return run_model_explainer(args, deep_shap, n_background=args.n_background, split=args.split,
+                               n_bootstrap=args.n_bootstrap, ci_level=args.ci_level, n_top=args.n_top)
 
 
 run.add_arguments = _arguments
