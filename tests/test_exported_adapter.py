@@ -105,3 +105,10 @@ def test_the_adapter_pickles_for_dask_workers():
         expected = adapter.forward(x)
     assert copy.output_names == ["a", "b"] and copy.n_inputs == 5
     torch.testing.assert_close(copy.forward(x), expected, rtol=0, atol=0)
+
+
+def test_the_module_of_a_program_is_refused_naming_the_program(toy_adata):
+    program = _export(mlp(toy_adata.n_vars), toy_adata.n_vars)
+    with pytest.raises(TypeError, match=r"pass the ExportedProgram itself"):
+        sx.tl.deep_shap(toy_adata, program.module(), groupby="cell_type", layer="lognorm", progress=False)
+    assert "deep_shap" not in toy_adata.layers

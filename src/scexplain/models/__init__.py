@@ -94,6 +94,13 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
             from ._exported import ExportedAdapter
 
             return ExportedAdapter(model, output_names=output_names)
+        try:
+            model.train(model.training)  # the module of an exported program refuses train()/eval()
+        except NotImplementedError:
+            raise TypeError(
+                "this module comes from an exported program (ExportedProgram.module()), whose train()/eval() "
+                "torch does not support: pass the ExportedProgram itself, e.g. torch.export.load(path)"
+            ) from None
         from ._torch import TorchAdapter
 
         return TorchAdapter(model, output_names=output_names)
