@@ -133,8 +133,12 @@ def stratified_indices(groups: pd.Categorical | None, n_obs: int, n: int, random
         return np.sort(rng.choice(n_obs, size=n, replace=False))
     codes = np.asarray(groups.codes)
     counts = np.bincount(codes, minlength=len(groups.categories))
-    quota = np.floor(counts / n_obs * n).astype(int)
-    quota = np.minimum(np.maximum(quota, (counts > 0).astype(int)), counts)
+    if n < int((counts > 0).sum()):  # fewer background cells than groups: one cell of each of the n largest groups
+        quota = np.zeros_like(counts)
+        quota[np.argsort(-counts, kind="stable")[:n]] = 1
+    else:
+        quota = np.floor(counts / n_obs * n).astype(int)
+        quota = np.minimum(np.maximum(quota, (counts > 0).astype(int)), counts)
     # hand out what rounding left (or take back the excess) by largest remainder, deterministically
     remainder = counts / n_obs * n - quota
     while quota.sum() < n:
