@@ -296,3 +296,20 @@ def test_interactions_match_shap(name, model, X):
     ours = treeshap_cpu.interaction_values(paths, paths.prepare_input(rows), outputs)
     tol = 1e-6 if "XGB" in name else 1e-9
     np.testing.assert_allclose(ours, expected, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "feature", "match"),
+    [
+        ([1, -1, -1], [5, -1, -1], [0, 0, 0], "outside its 3 nodes"),  # a child index past the table
+        ([1, 1, -1], [2, 2, -1], [0, 0, 0], "reached twice"),  # a node that is its own child
+        ([1, -1, -1], [2, -1, -1], [7, 0, 0], "feature 7"),  # a feature the model does not have
+    ],
+)
+def test_malformed_trees_are_refused_before_the_engines_see_them(left, right, feature, match):
+    from scexplain.models._trees import _Builder, _Tree
+
+    tree = _Tree(left=np.array(left), right=np.array(right), feature=np.array(feature),
+                 threshold=np.zeros(3), nan_left=np.zeros(3, dtype=bool), cover=np.ones(3), value=np.ones((3, 1)))
+    with pytest.raises(ValueError, match=match):
+        _Builder(n_features=2, n_outputs=1).add(tree)

@@ -180,6 +180,10 @@ class _Tree:
     value: np.ndarray  # n_nodes × n_outputs
 
 
+def _malformed(tree: int, what: str) -> ValueError:
+    return ValueError(f"the tree model is malformed (tree {tree}: {what}); save it again from its library")
+
+
 def _child_fraction(cover: np.ndarray, parent: int, child: int, sibling: int) -> float:
     """``cover(child) / cover(parent)``; when the parent has no cover, split by the children's covers (or evenly)."""
     cp = float(cover[parent])
@@ -214,13 +218,23 @@ class _Builder:
         leaves = []
         # stack of (node, splits so far): a split is (feature, goes_left, threshold, nan_follows, fraction)
         stack: list[tuple[int, list]] = [(0, [])]
+        seen = np.zeros(n_nodes, dtype=bool)
         while stack:
             node, splits = stack.pop()
+            if seen[node]:
+                raise _malformed(t, f"node {node} is reached twice")
+            seen[node] = True
             lft, rgt = int(tree.left[node]), int(tree.right[node])
             if lft < 0:
+                if len(tree.value[node]) != self.n_outputs:
+                    raise _malformed(t, f"leaf {node} has {len(tree.value[node])} values, not {self.n_outputs}")
                 leaves.append((node, splits))
                 continue
             f, thr, nl = int(tree.feature[node]), float(tree.threshold[node]), bool(tree.nan_left[node])
+            if not (0 < lft < n_nodes and 0 < rgt < n_nodes):
+                raise _malformed(t, f"node {node} has children {lft}, {rgt} outside its {n_nodes} nodes")
+            if not 0 <= f < self.n_features:
+                raise _malformed(t, f"node {node} splits on feature {f}, not one of the model's {self.n_features}")
             zr = _child_fraction(tree.cover, node, rgt, lft)
             zl = _child_fraction(tree.cover, node, lft, rgt)
             stack.append((rgt, [*splits, (f, False, thr, not nl, zr)]))
