@@ -89,6 +89,33 @@ def test_split_and_bootstrap_options_equal_the_python_api(files, capsys):
     assert len(err) == 1 and "n_bootstrap" in err[0]
 
 
+def test_tree_shap_to_genes_and_bootstrap_options_equal_the_python_api(tmp_path):
+    import scanpy as sc
+    import skops.io
+    from sklearn.ensemble import RandomForestClassifier
+
+    adata = sc.datasets.pbmc68k_reduced()[:300].copy()
+    del adata.uns["rank_genes_groups"]
+    sc.pp.pca(adata, n_comps=10)
+    forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(
+        adata.obsm["X_pca"], adata.obs["bulk_labels"])
+    skops.io.dump(forest, tmp_path / "forest.skops")
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    out_path = tmp_path / "out.h5ad"
+    assert main(["tree-shap", "-i", str(tmp_path / "in.h5ad"), "-o", str(out_path), "--model",
+                 str(tmp_path / "forest.skops"), "--use-rep", "X_pca", "--groupby", "bulk_labels",
+                 "--feature-perturbation", "interventional", "--n-background", "30", "--to-genes",
+                 "--n-bootstrap", "6", "--ci-level", "0.8", "--n-top", "5"]) == 0
+    out = ad.read_h5ad(out_path)
+    sx.tl.tree_shap_gpu(adata, forest, use_rep="X_pca", groupby="bulk_labels", feature_perturbation="interventional",
+                        n_background=30, to_genes=True, n_bootstrap=6, ci_level=0.8, n_top=5, key_added="tree_shap",
+                        progress=False)
+    np.testing.assert_array_equal(out.layers["tree_shap"], adata.layers["tree_shap"])
+    np.testing.assert_array_equal(out.obsm["tree_shap"], adata.obsm["tree_shap"])
+    for table in ("ci_low", "ci_high", "rank_stability"):
+        np.testing.assert_array_equal(out.varm[f"tree_shap_{table}"], adata.varm[f"tree_shap_{table}"])
+
+
 def test_error_exit_1_and_no_output_written(files, capsys):
     path_in, path_model, path_out, _ = files
     rc = main(["deep-shap", "-i", str(path_in), "-o", str(path_out), "--model", str(path_model),

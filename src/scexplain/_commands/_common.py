@@ -28,6 +28,15 @@ def parse_names(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--n-bootstrap``, ``--ci-level``, ``--n-top``: uncertainty of the group summaries (``tl``'s options)."""
+    parser.add_argument("--n-bootstrap", type=int, default=None,
+                        help="bootstrap replicates for intervals and rank stability of the group summaries")
+    parser.add_argument("--ci-level", type=float, default=0.95, help="with --n-bootstrap: interval level (0.95)")
+    parser.add_argument("--n-top", type=int, default=20,
+                        help="with --n-bootstrap: rank stability counts a feature in its group's top N (20)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, default_key: str) -> None:
     """Input/output, model and the options every model explainer takes."""
     add_io_arguments(parser)

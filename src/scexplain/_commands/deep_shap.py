@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import register
-from ._common import add_model_arguments, run_model_explainer
+from ._common import add_bootstrap_arguments, add_model_arguments, run_model_explainer
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,11 +13,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-background", type=int, default=100, help="background cells (default: 100)")
     parser.add_argument("--no-split", dest="split", action="store_false",
                         help="do not store the presence/absence split (stored by default)")
-    parser.add_argument("--n-bootstrap", type=int, default=None,
-                        help="bootstrap replicates for intervals and rank stability of the group summaries")
-    parser.add_argument("--ci-level", type=float, default=0.95, help="with --n-bootstrap: interval level (0.95)")
-    parser.add_argument("--n-top", type=int, default=20,
-                        help="with --n-bootstrap: rank stability counts a gene in its group's top N (20)")
+    add_bootstrap_arguments(parser)
 
 
 @register("deep-shap", help="DeepSHAP attributions of a torch or scvi-tools model; AnnData in, AnnData out.")

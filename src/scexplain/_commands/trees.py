@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import add_io_arguments, register
-from ._common import explain_file, parse_names, parse_target
+from ._common import add_bootstrap_arguments, explain_file, parse_names, parse_target
 from ._models import ALLOW_PICKLE_HELP, load_tree_model
 
 
@@ -25,6 +25,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         default="tree_path_dependent")
     parser.add_argument("--n-background", type=int, default=100, help="background cells, interventional (100)")
     parser.add_argument("--interactions", action="store_true", help="also store SHAP interaction values")
+    parser.add_argument("--to-genes", action="store_true",
+                        help="with --use-rep X_pca: also carry the attributions to genes through the PCA loadings")
+    add_bootstrap_arguments(parser)
     parser.add_argument("--keep-all", action="store_true", help="store values toward every explained output")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
             feature_perturbation=args.feature_perturbation,
             n_background=args.n_background,
             interactions=args.interactions,
+            to_genes=args.to_genes,
+            n_bootstrap=args.n_bootstrap,
+            ci_level=args.ci_level,
+            n_top=args.n_top,
             keep_all=args.keep_all,
             device=args.device,
             random_state=args.seed,
