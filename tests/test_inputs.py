@@ -26,6 +26,7 @@ def test_stratified_draw_has_n_distinct_rows_and_every_group_it_can(n):
 def test_fewer_background_cells_than_groups_runs(toy_adata):
     import torch
 
+    toy_adata = toy_adata.copy()  # the fixture is shared by the session
     n_groups = toy_adata.obs["cell_type"].nunique()
     model = torch.nn.Sequential(torch.nn.Linear(toy_adata.n_vars, n_groups))
     sx.tl.deep_shap(toy_adata, model, groupby="cell_type", layer="lognorm", n_background=n_groups - 1, progress=False)
