@@ -104,6 +104,25 @@ def _popcount(v):
     return c
 
 
+@nb.njit(cache=True, inline="always")
+def _pair_weights(m, pu, full, nb_x, wtab, v):
+    """Interventional weights of a row pattern ``m`` against a background pattern ``pu`` on a path of ``full``.
+
+    ``(a, wa, wb)``: ``a`` the features where only the row satisfies the path, ``wa`` the weight each of them
+    gains and ``wb`` the weight each feature neither satisfies loses, both times ``v``; ``a = -1`` when the pair
+    contributes nothing (some feature satisfied by neither, or no feature to share).
+    """
+    if (m | pu) != full:
+        return -1, 0.0, 0.0
+    a = m & ~pu
+    sa = _popcount(a)
+    nn = sa + nb_x
+    if nn == 0:
+        return -1, 0.0, 0.0
+    wa = wtab[sa - 1, nn] * v if sa > 0 else 0.0
+    return a, wa, wtab[sa, nn] * v
+
+
 @nb.njit(cache=True)
 def _weights(mode, d, s, m, zf, gl_x, gl_w, b0, b1, bg_pat, bg_abv, bg_cnt, inv_nbg, wtab, fb, suf, w, split, pw):
     """Per-feature weights ``w[:d]`` of path (start ``s``, ``d`` features) for the row pattern ``m``.
@@ -530,16 +549,9 @@ def _pair_kernel(
                     m = mrow[i]
                     nb_x = d - _popcount(m)
                     for u in range(nu):
-                        pu = bg_pat[b0 + u]
-                        if (m | pu) != full:
+                        a, wa, wb = _pair_weights(m, bg_pat[b0 + u], full, nb_x, wtab, v)
+                        if a < 0:
                             continue
-                        a = m & ~pu
-                        sa = _popcount(a)
-                        nn = sa + nb_x
-                        if nn == 0:
-                            continue
-                        wa = wtab[sa - 1, nn] * v if sa > 0 else 0.0
-                        wb = wtab[sa, nn] * v
                         q0 = start[b0 + u]
                         q1 = start[b0 + u + 1] if u + 1 < nu else n_bg
                         for j in range(d):
@@ -724,16 +736,9 @@ def _group_kernel(XT, ptr, feat, lo, hi, nan_ok, val, own, groups, n_groups, p_l
                 k = keys[q] >> d
                 nb_x = d - _popcount(m)
                 for u in range(nu):
-                    pu = bg_pat[b0 + u]
-                    if (m | pu) != full:
+                    a, wa, wb = _pair_weights(m, bg_pat[b0 + u], full, nb_x, wtab, c)
+                    if a < 0:
                         continue
-                    a = m & ~pu
-                    sa = _popcount(a)
-                    nn = sa + nb_x
-                    if nn == 0:
-                        continue
-                    wa = wtab[sa - 1, nn] * c if sa > 0 else 0.0
-                    wb = wtab[sa, nn] * c
                     off = base + (k * nu + u) * d
                     for j in range(d):
                         if (a >> j) & 1:
