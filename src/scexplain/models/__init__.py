@@ -94,8 +94,9 @@ def adapt(model, *, output_names=None, **kwargs) -> ModelAdapter:
             from ._exported import ExportedAdapter
 
             return ExportedAdapter(model, output_names=output_names)
-        try:
-            model.train(model.training)  # the module of an exported program refuses train()/eval()
+        try:  # the module of an exported program (an fx GraphModule) refuses train()/eval()
+            if isinstance(model, torch.fx.GraphModule):
+                model.train(model.training)
         except NotImplementedError:
             raise TypeError(
                 "this module comes from an exported program (ExportedProgram.module()), whose train()/eval() "
