@@ -28,21 +28,7 @@ import time
 
 import numpy as np
 
-
-def gemm_rate(repeats: int = 7, size: int = 2000) -> float:
-    """Best float32 ``torch.mm`` rate (flop/s) of two ``size × size`` matrices."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen)
-    b = torch.randn(size, size, generator=gen)
-    torch.mm(a, b)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best
+from _common import gemm_rate
 
 
 def make_counts(n_cells: int, n_genes: int, seed: int = 0) -> np.ndarray:

@@ -29,26 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import gemm_rate
+
 N_GENES = 2000
 N_TYPES = 10
 N_BACKGROUND = 100
 K = 128
 BATCH = 512
 CHUNK_ROWS = 10_000
-
-
-def gemm_rate(n: int = 2000, repeats: int = 10) -> float:
-    """float32 GEMM rate of this machine in flop/s (``torch.mm`` of two n × n matrices, best of ``repeats``)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def floor_seconds(n_cells: int, rate: float, n_genes: int = N_GENES) -> float:
@@ -168,7 +156,7 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(2)
-    rate = gemm_rate()
+    rate = gemm_rate(repeats=10)
     print(f"float32 GEMM rate (torch.mm 2000×2000, best of 10): {rate / 1e9:.0f} GFLOP/s at the start; "
           f"floor per cell 2·B·K·G = {2 * N_BACKGROUND * K * N_GENES / 1e6:.1f} MFLOP; the rate is measured again "
           "before each run and its floor printed")
@@ -181,7 +169,7 @@ def main(argv=None) -> None:
         print(f"\n{n:>9,} cells × {N_GENES} genes", flush=True)
         row = {"cells": n}
         if "cli" in modes:
-            rate = gemm_rate()
+            rate = gemm_rate(repeats=10)
             wall, rss, _ = _run([sys.executable, "-m", "scexplain.cli", "deep-shap", "--input", str(atlas), "--output",
                                  str(out), "--model", str(model), "--groupby", "cell_type", "--n-background",
                                  str(N_BACKGROUND), "--batch-size", str(BATCH), "--threads", "2"])
@@ -194,7 +182,7 @@ def main(argv=None) -> None:
                             ("cluster", args.cluster_max)):
             if n > limit or mode not in modes:
                 continue
-            rate = gemm_rate()
+            rate = gemm_rate(repeats=10)
             _, rss_mode, text = _run([sys.executable, "-c", _WORKER, str(atlas), mode, str(model)],
                                      env={"OMP_NUM_THREADS": "2"})
             res = json.loads(text.strip().splitlines()[-1])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 THREADS = 2
 os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))
@@ -21,11 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import numpy as np  # noqa: E402
 
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+from _common import timed  # noqa: E402
 
 
 def _data(n_cells: int):
@@ -41,7 +36,7 @@ def _data(n_cells: int):
 def _shap_values(explainer, X, shap_rows: int | None):
     """shap's values (cells × features × outputs) and its time, scaled from ``shap_rows`` cells when given."""
     rows = X if shap_rows is None else X[:shap_rows]
-    values, seconds = _timed(lambda: np.asarray(explainer.shap_values(rows, check_additivity=False)))
+    values, seconds = timed(lambda: np.asarray(explainer.shap_values(rows, check_additivity=False)))
     if shap_rows is not None:
         seconds *= len(X) / len(rows)
     return values, seconds
@@ -51,10 +46,10 @@ def _ours(paths, X, outputs, engine):
     from scexplain.engines import treeshap_cpu, treeshap_gpu
 
     if engine == "cpu":
-        return _timed(lambda: treeshap_cpu.shap_values(paths, paths.prepare_input(X), outputs))
+        return timed(lambda: treeshap_cpu.shap_values(paths, paths.prepare_input(X), outputs))
     cupy = treeshap_gpu.get_cupy()
     treeshap_gpu.shap_values(paths, paths.prepare_input(X[:64]), outputs[:64], xp=cupy)  # warm-up
-    return _timed(lambda: treeshap_gpu.shap_values(paths, paths.prepare_input(X), outputs, xp=cupy))
+    return timed(lambda: treeshap_gpu.shap_values(paths, paths.prepare_input(X), outputs, xp=cupy))
 
 
 def _report(label, seconds, reference=None):
@@ -69,8 +64,8 @@ def bench_forest(X, y, shap_rows, engines):
     from scexplain.engines import treeshap_cpu
     from scexplain.models._trees import tree_paths
 
-    model, fit_s = _timed(lambda: RandomForestClassifier(100, max_depth=8, random_state=0, n_jobs=THREADS).fit(X, y))
-    paths, build_s = _timed(lambda: tree_paths(model))
+    model, fit_s = timed(lambda: RandomForestClassifier(100, max_depth=8, random_state=0, n_jobs=THREADS).fit(X, y))
+    paths, build_s = timed(lambda: tree_paths(model))
     print(f"\nRandomForestClassifier(100 trees, max_depth=8): {paths.n_paths} paths, "
           f"{paths.path_length.mean():.1f} unique features per path (fit {fit_s:.1f} s, paths {build_s:.2f} s)")
     n, k = X.shape[0], paths.n_outputs
@@ -98,17 +93,17 @@ def bench_xgboost(X, y, shap_rows, engines):
     from scexplain.engines import treeshap_cpu
     from scexplain.models._trees import tree_paths
 
-    model, fit_s = _timed(
+    model, fit_s = timed(
         lambda: xgb.XGBClassifier(n_estimators=100, max_depth=8, n_jobs=THREADS, random_state=0).fit(X, y)
     )
-    paths, build_s = _timed(lambda: tree_paths(model))
+    paths, build_s = timed(lambda: tree_paths(model))
     print(f"\nXGBClassifier(100 rounds × 8 classes, max_depth=8): {paths.n_trees} trees, {paths.n_paths} paths "
           f"(fit {fit_s:.1f} s, paths {build_s:.2f} s)")
     n, k = X.shape[0], paths.n_outputs
     booster = model.get_booster()
     booster.set_param({"nthread": THREADS})
     dmatrix = xgb.DMatrix(X)
-    contribs, native_s = _timed(lambda: booster.predict(dmatrix, pred_contribs=True))
+    contribs, native_s = timed(lambda: booster.predict(dmatrix, pred_contribs=True))
     _report("xgboost pred_contribs (native C++, float32)", native_s)
     expected, shap_s = _shap_values(shap.TreeExplainer(model), X, shap_rows)
     _report("shap.TreeExplainer (calls pred_contribs)", shap_s)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 THREADS = 2
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -34,11 +33,7 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import numpy as np  # noqa: E402
 
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+from _common import timed  # noqa: E402
 
 
 def _best(fns: dict, repeats: int) -> dict:
@@ -48,7 +43,7 @@ def _best(fns: dict, repeats: int) -> dict:
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            times[k].append(_timed(fn)[1])
+            times[k].append(timed(fn)[1])
     return {k: min(v) for k, v in times.items()}
 
 
@@ -83,12 +78,12 @@ def part1(args) -> None:
     ours = {}
     for mode in ("interventional", "tree_path_dependent"):
         out = explained.copy()
-        _, seconds = _timed(lambda out=out, mode=mode: sx.tl.tree_shap_gpu(
+        _, seconds = timed(lambda out=out, mode=mode: sx.tl.tree_shap_gpu(
             out, forest, feature_perturbation=mode, background=background, **kw))
         ours[mode] = (np.asarray(out.layers["tree_shap"], dtype=np.float64), seconds,
                       out.uns["tree_shap"]["additivity"]["genes_max_relative_error"])
     full = adata.copy()
-    _, full_s = _timed(lambda: sx.tl.tree_shap_gpu(full, forest, feature_perturbation="interventional",
+    _, full_s = timed(lambda: sx.tl.tree_shap_gpu(full, forest, feature_perturbation="interventional",
                                                    n_background=args.background, **kw))
     print(f"  scexplain to_genes, interventional            {ours['interventional'][1]:8.2f} s   "
           f"(all {adata.n_obs} cells: {full_s:.2f} s)   Σ_genes vs Σ_dims: "
@@ -139,7 +134,7 @@ def _kernel_shap(adata, forest, X, own, B, nsamples: int, seed: int):
             return forest.predict_proba(((np.asarray(x) - mean) @ L).astype(np.float32))[:, cls]
 
         np.random.seed(seed)  # noqa: NPY002 - KernelExplainer samples coalitions with the global generator
-        out, t = _timed(lambda f=f, i=i: shap.KernelExplainer(f, B).shap_values(
+        out, t = timed(lambda f=f, i=i: shap.KernelExplainer(f, B).shap_values(
             X[i : i + 1], nsamples=nsamples, l1_reg=False, silent=True))
         values[i] = np.asarray(out)[0]
         seconds += t
